@@ -1,0 +1,5 @@
+import sys
+
+from kleened.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Pick the platform's host drivers once, at start-up.
+
+This is the only place that looks at the platform; engine code sees the
+Protocols of host.base.
+"""
+
+from __future__ import annotations
+
+from kleened.config import Settings
+from kleened.host.base import Jails, Mounts, Storage
+
+
+def build_storage(settings: Settings) -> Storage:
+    if settings.storage == "zfs":
+        from kleened.host.zfs import ZfsStorage
+
+        return ZfsStorage()
+    from kleened.host.dirstore import DirStorage
+
+    return DirStorage(settings.dir_storage_base)
+
+
+def build_jails(settings: Settings) -> Jails:
+    if settings.is_freebsd:
+        from kleened.host.freebsd.jail import FreeBSDJails
+
+        return FreeBSDJails()
+    from kleened.host.linux.jail import LinuxJails
+
+    return LinuxJails(
+        state_dir=settings.state_dir / "jails", libexec_dir=settings.data_root / "libexec"
+    )
+
+
+def build_mounts(settings: Settings) -> Mounts:
+    if settings.is_freebsd:
+        from kleened.host.freebsd.mount import FreeBSDMounts
+
+        return FreeBSDMounts()
+    from kleened.host.linux.mount import LinuxMounts
+
+    return LinuxMounts()

@@ -1,0 +1,76 @@
+"""The SQLite database: one file, WAL, synchronous=FULL, foreign keys on.
+
+Schema changes happen only through Alembic (`migrate` below runs them, at
+start-up and from `kleened migrate`). Sessions are async (aiosqlite); writes
+are serialised by SQLite itself, with a busy timeout instead of failures.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def _set_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def ensure_db_file(path: Path) -> None:
+    """Create the database file (and its directory) private to root: mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def alembic_config(db_path: Path) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("kleened.migrations")))
+    cfg.set_main_option("sqlalchemy.url", f"sqlite:///{db_path}")
+    return cfg
+
+
+def sync_engine(db_path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{db_path}")
+    event.listen(engine, "connect", _set_pragmas)
+    return engine
+
+
+def migrate(db_path: Path) -> None:
+    """Bring the schema to the newest revision; a no-op when it is already there."""
+    ensure_db_file(db_path)
+    engine = sync_engine(db_path)
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config(db_path)
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+    # WAL side files inherit the umask; keep them private too.
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{db_path}{suffix}")
+        if side.exists():
+            os.chmod(side, 0o600)
+
+
+def async_engine(db_path: Path) -> AsyncEngine:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{db_path}")
+    event.listen(engine.sync_engine, "connect", _set_pragmas)
+    return engine
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
