@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := zfs-fuse nftables busybox-static iproute2 util-linux gcc libc6-dev \
-                openssl curl procps
+                openssl curl procps zstd xz-utils tar
 
 .PHONY: run test lint format deps venv openapi clean
 

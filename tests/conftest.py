@@ -3,4 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.hostcheck",
     "tests.fixtures.daemon",
+    "tests.fixtures.rootfs",
+    "tests.fixtures.images",
+    "tests.fixtures.zfs",
 ]

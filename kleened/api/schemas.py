@@ -193,3 +193,16 @@ class Image(Schema):
     buildargs: dict[str, str] = Field(default_factory=dict)
     created: str
     dataset: str
+
+
+class ImageCreateConfig(Schema):
+    """The first frame on /images/create (reference §4.10)."""
+
+    method: Literal["fetch", "fetch-auto", "zfs-copy", "zfs-clone"]
+    tag: str = ""
+    dns: LenientBool = True
+    localtime: LenientBool = True
+    update: LenientBool = False
+    zfs_dataset: str = ""
+    url: str = ""
+    autotag: LenientBool = False

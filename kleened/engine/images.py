@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kleened.engine import resolve
 from kleened.engine.errors import Conflict, HostFailure, InvalidInput, NotFound
-from kleened.engine.ids import new_id, now_iso
+from kleened.engine.ids import now_iso
 from kleened.engine.runtime import Runtime
 from kleened.host.base import StorageError
 from kleened.store.models import Container, Image
@@ -171,47 +169,21 @@ async def prune(rt: Runtime, *, all_: bool) -> list[str]:
             return removed
 
 
-async def create_from_tree(
-    rt: Runtime,
-    fill: Callable[[Path], object],
-    *,
-    nametag: str = "",
-    image_id: str | None = None,
-) -> Image:
-    """Make a base image: a new dataset filled by `fill(mountpoint)`, then `@image`.
-
-    `fill` may be sync or async. The record is stored only once the snapshot
-    exists; on any failure the dataset is destroyed again (§14.5.3).
-    """
+async def finish(rt: Runtime, image_id: str, dataset: str, nametag: str) -> Image:
+    """Snapshot a filled base-image dataset as `@image` and store its record."""
     name, tag_ = parse_nametag(nametag)
-    image_id = image_id or new_id()
-    dataset = f"{rt.settings.image_root}/{image_id}"
-    try:
-        await rt.storage.create(dataset)
-    except StorageError as err:
-        raise HostFailure(f"error creating dataset {dataset}: {err}") from err
-    try:
-        result = fill(await rt.storage.mountpoint(dataset))
-        if hasattr(result, "__await__"):
-            await result  # type: ignore[misc]
-        await rt.storage.snapshot(f"{dataset}@image")
-        image = Image(
-            id=image_id,
-            name=name,
-            tag=tag_,
-            cmd=list(BASE_CMD),
-            env=[],
-            user="root",
-            instructions=[],
-            buildargs={},
-            created=now_iso(),
-            dataset=dataset,
-        )
-        await save(rt, image)
-        return image
-    except BaseException:
-        try:
-            await rt.storage.destroy(dataset)
-        except StorageError as err:
-            log.error("could not destroy %s after a failed image creation: %s", dataset, err)
-        raise
+    await rt.storage.snapshot(f"{dataset}@image")
+    image = Image(
+        id=image_id,
+        name=name,
+        tag=tag_,
+        cmd=list(BASE_CMD),
+        env=[],
+        user="root",
+        instructions=[],
+        buildargs={},
+        created=now_iso(),
+        dataset=dataset,
+    )
+    await save(rt, image)
+    return image

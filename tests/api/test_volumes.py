@@ -100,7 +100,7 @@ async def test_unknown_fields_are_ignored(app_client):
 
 
 async def test_unknown_route_is_json_404(app_client):
-    for method, path in (("GET", "/nope"), ("DELETE", "/volumes/list"), ("PUT", "/volumes/create")):
+    for method, path in (("GET", "/nope"), ("POST", "/volumes/list"), ("PUT", "/volumes/create")):
         r = await app_client.request(method, path)
         assert (r.status_code, r.json()) == (404, {"message": "not found"})
 

@@ -48,6 +48,9 @@ def pki(tmp_path: Path) -> dict[str, Path]:
         "-out",
         str(p["ca"]),
     )
+    # Clients check the server's address against subjectAltName, not the CN.
+    san = d / "server-san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
     for name, cn in (("server", "127.0.0.1"), ("client", "klee-user")):
         csr = d / f"{name}.csr"
         openssl(
@@ -72,6 +75,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
             "-CAkey",
             str(p["ca-key"]),
             "-CAcreateserial",
+            *(("-extfile", str(san)) if name == "server" else ()),
             "-days",
             "2",
             "-out",

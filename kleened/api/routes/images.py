@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+import contextlib
 
-from kleened.api.schemas import ErrorResponse, IdResponse, Image, LenientBool
+from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+
+from kleened.api import ws
+from kleened.api.schemas import ErrorResponse, IdResponse, Image, ImageCreateConfig, LenientBool
+from kleened.engine import image_create as image_create_engine
 from kleened.engine import images
+from kleened.engine.errors import EngineError
 
 router = APIRouter(prefix="/images", tags=["images"])
 ERR = {"model": ErrorResponse}
@@ -54,3 +60,51 @@ async def image_remove(image_id: str, request: Request) -> JSONResponse:
 )
 async def image_prune(request: Request, all: LenientBool = Query(False)) -> JSONResponse:
     return JSONResponse(await images.prune(request.app.state.runtime, all_=all))
+
+
+@router.get(
+    "/create",
+    responses={400: ERR},
+    summary="WebSocket: create a base image (fetch, fetch-auto, zfs-copy, zfs-clone)",
+)
+async def image_create_http() -> JSONResponse:
+    return JSONResponse({"message": "this endpoint needs a WebSocket upgrade"}, status_code=400)
+
+
+@router.websocket("/create")
+async def image_create(websocket: WebSocket) -> None:
+    """Reference §5.4: progress frames, then close 1000 `image created` with the id."""
+    runtime = websocket.app.state.runtime
+    await websocket.accept()
+    try:
+        config = await ws.receive_config(websocket, ImageCreateConfig)
+    except ws.ConfigError as err:
+        await websocket.send_text(err.text)
+        summary = "invalid json" if err.text.startswith("invalid json") else "invalid parameters"
+        await ws.close(websocket, ws.CLOSE_INVALID, ws.close_reason("error", summary))
+        return
+    except WebSocketDisconnect:
+        return
+    await websocket.send_text(ws.message("starting"))
+    result = image_create_engine.Created()
+    try:
+        # aclosing: if the client leaves, the generator is closed at once and
+        # removes whatever it had made.
+        async with contextlib.aclosing(image_create_engine.run(runtime, config, result)) as lines:
+            async for line in lines:
+                await websocket.send_text(line)
+    except EngineError as err:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.send_text(err.message)  # the full text; the reason is cut to fit
+        await ws.close(
+            websocket,
+            ws.CLOSE_FAILURE,
+            ws.close_reason("error", f"image creation failed: {err.message}"),
+        )
+        return
+    except (WebSocketDisconnect, RuntimeError):
+        return  # the client left; run() removed what it had made
+    assert result.image is not None
+    await ws.close(
+        websocket, ws.CLOSE_NORMAL, ws.close_reason("closing", "image created", result.image.id)
+    )
