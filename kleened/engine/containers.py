@@ -54,11 +54,18 @@ def validate_env(env: Sequence[str]) -> None:
             raise InvalidInput(f"invalid environment variable '{entry}': expected NAME=value")
 
 
+# Set by kleened itself: a user value would move the jail off its dataset or
+# replace the container's command.
+RESERVED_JAIL_PARAMS = frozenset({"command", "path", "name", "jid"})
+
+
 def validate_jail_params(params: Sequence[str]) -> None:
     for param in params:
         name = param.partition("=")[0]
         if not JAIL_PARAM_NAME.match(name):
             raise InvalidInput(f"invalid jail parameter '{param}'")
+        if name in RESERVED_JAIL_PARAMS:
+            raise InvalidInput(f"invalid jail parameter '{param}': '{name}' is set by kleened")
 
 
 def validate_name(name: str) -> None:

@@ -97,6 +97,8 @@ async def test_identifiers(app_client, base):
             "could not decode port publishing specification",
         ),
         ({"jail_param": ["bad param"]}, "invalid jail parameter"),
+        ({"jail_param": ["path=/"]}, "invalid jail parameter 'path=/': 'path' is set by kleened"),
+        ({"jail_param": ["command=/bin/sh"]}, "'command' is set by kleened"),
         ({"persist": "maybe"}, "Invalid boolean. Got: string"),
         ({"network_driver": "bogus"}, "Invalid value for enum"),
         ({"image": "base@nosnap"}, "no such snapshot '@nosnap'"),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -125,6 +126,9 @@ def test_rename_update_persist_prune(base):
     c = inspect(base, cid)["container"]
     assert (c["persist"], c["restart_policy"]) == (True, "on-startup")
     gone = run_lines(base.klee("create", "base", "echo", "y"))[0]
+    # `lsc` shows running containers only, `lsc -a` the stopped ones too
+    assert not any(row.strip().startswith(gone) for row in run_lines(base.klee("lsc")))
+    assert any(row.strip().startswith(gone) for row in run_lines(base.klee("lsc", "-a")))
 
     pruned = run_lines(base.klee("container", "prune", "-f"))
     assert gone in pruned and cid not in pruned
@@ -159,13 +163,14 @@ def test_volume_and_nullfs_mounts(base, tmp_path):
     # the volume outlives the container's run; the mounts were undone at its end
     with base.client() as client:
         vol = client.get("/volumes/vol1/inspect").json()
-    assert open(vol["volume"]["mountpoint"] + "/f").read() == "persisted\n"
+    assert Path(vol["volume"]["mountpoint"], "f").read_text() == "persisted\n"
     assert not (host_dir / "x").exists()
     # the container ended by itself: its mounts were taken down without anyone asking
     deadline = time.monotonic() + 5
-    while cid in open("/proc/self/mountinfo").read() and time.monotonic() < deadline:
+    mountinfo = Path("/proc/self/mountinfo")
+    while cid in mountinfo.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert cid not in open("/proc/self/mountinfo").read()
+    assert cid not in mountinfo.read_text()
     run_lines(base.klee("rmc", cid))
 
 

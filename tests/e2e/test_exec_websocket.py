@@ -159,12 +159,14 @@ async def test_stdin_is_forwarded(base):
     _, exec_id = new_exec(base, ["/bin/sh", "-c", "read line; echo got:$line"])
     frames, code, _ = await session(base, start(exec_id), send=[b"hello\n"])
     assert "got:hello\n" in "".join(frames[1:])
+    assert code == 1000
 
 
 async def test_tty(base):
     _, exec_id = new_exec(base, ["/bin/sh", "-c", "tty"], tty=True)
     frames, code, _ = await session(base, start(exec_id))
     assert "/dev/pts/" in "".join(frames[1:])
+    assert code == 1000
 
 
 async def test_stop_container_through_exec_stop(base):
@@ -179,8 +181,9 @@ async def test_stop_container_through_exec_stop(base):
             assert r.status_code == 200
 
     stopper = asyncio.create_task(stop_soon())
-    frames, code, reason = await session(base, start(exec_id))
+    _, code, reason = await session(base, start(exec_id))
     await stopper
+    assert code == 1000
     message = json.loads(reason)["message"]
     assert message.startswith(f"executable {exec_id} and its container exited with exit-code ")
     with base.client() as client:
