@@ -126,10 +126,12 @@ async def run(
     timeout: float,
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
+    merge_stderr: bool = False,
 ) -> CommandResult:
     """Run `argv` to completion and collect its output.
 
     `env=None` means the minimal DEFAULT_ENV, not the daemon's environment.
+    `merge_stderr` sends stderr into stdout, interleaved as the tool wrote it.
     Raises CommandNotStarted when the program cannot be executed and
     CommandTimeout (after killing its process group) when it runs longer
     than `timeout` seconds.
@@ -139,7 +141,7 @@ async def run(
         env,
         stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(input), timeout)
@@ -149,7 +151,7 @@ async def run(
     except BaseException:  # cancelled: do not leave the child behind
         await _reap_after(process)
         raise
-    return CommandResult(tuple(argv), _returncode(process), stdout, stderr)
+    return CommandResult(tuple(argv), _returncode(process), stdout, stderr or b"")
 
 
 async def check_output(
