@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from kleened.host.base import JailError, RunningJail
+from kleened.host.freebsd.libxo import libxo_list
 
 JLS = "/usr/sbin/jls"
 
@@ -55,18 +55,7 @@ def parse_jls(json_text: str) -> dict[str, RunningJail]:
     both give `{}`. Anything that is not the documented shape raises JailError
     naming the problem, never a KeyError/TypeError from deep inside.
     """
-    try:
-        document = json.loads(json_text)
-    except json.JSONDecodeError as err:
-        raise _malformed(f"not JSON ({err.msg} at offset {err.pos})") from err
-    if not isinstance(document, dict):
-        raise _malformed("the top level is not an object")
-    information = document.get("jail-information", {})
-    if not isinstance(information, dict):
-        raise _malformed("'jail-information' is not an object")
-    entries = information.get("jail", [])
-    if not isinstance(entries, list):
-        raise _malformed("'jail-information.jail' is not a list")
+    entries = libxo_list(json_text, "jail-information", "jail", _malformed)
     jails: dict[str, RunningJail] = {}
     for entry in entries:
         if not isinstance(entry, dict):

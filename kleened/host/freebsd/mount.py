@@ -10,7 +10,6 @@ Pure functions build the argument vectors and parse `mount --libxo json`;
 
 from __future__ import annotations
 
-import json
 import os.path
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 from kleened.host.base import MountError
 from kleened.host.freebsd import runner as runner_module
+from kleened.host.freebsd.libxo import libxo_list
 from kleened.host.freebsd.runner import DEFAULT_TIMEOUT, CommandError, Runner, abnormal_exit
 
 MOUNT = "/sbin/mount"
@@ -95,18 +95,7 @@ def _entry(item: Any) -> MountEntry:
 
 def parse_mount_list(json_text: str) -> list[MountEntry]:
     """Mounted file systems, in the order mount(8) lists them (oldest first)."""
-    try:
-        document = json.loads(json_text)
-    except json.JSONDecodeError as err:
-        raise _malformed(f"not JSON ({err.msg} at offset {err.pos})") from err
-    if not isinstance(document, dict):
-        raise _malformed("the top level is not an object")
-    table = document.get("mount", {})
-    if not isinstance(table, dict):
-        raise _malformed("'mount' is not an object")
-    items = table.get("mounted", [])
-    if not isinstance(items, list):
-        raise _malformed("'mount.mounted' is not a list")
+    items = libxo_list(json_text, "mount", "mounted", _malformed)
     return [_entry(item) for item in items]
 
 
