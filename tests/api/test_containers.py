@@ -194,3 +194,21 @@ async def test_images_rest(app_client, base):
     assert (r.status_code, r.json()) == (200, {"id": base.id})
     r = await app_client.delete("/images/other:v1")
     assert (r.status_code, r.json()) == (404, {"message": "Error: No such image: other:v1\n"})
+
+
+async def test_unstarted_exec_instances_expire(app_client, base, monkeypatch):
+    from kleened.engine import execs
+
+    cid = await create(app_client)
+    r = await app_client.post("/exec/create", json={"container_id": cid, "cmd": ["/bin/true"]})
+    assert r.status_code == 201, r.text
+    exec_id = r.json()["id"]
+    stop = {"force_stop": "false", "stop_container": "false"}
+    kept = await app_client.post(f"/exec/{exec_id}/stop", params=stop)
+    assert kept.json() != {"message": f"could not find execution instance matching '{exec_id}'"}
+    monkeypatch.setattr(execs, "UNSTARTED_TTL", -1.0)  # every unstarted instance is now too old
+    r = await app_client.post(f"/exec/{exec_id}/stop", params=stop)
+    assert (r.status_code, r.json()) == (
+        404,
+        {"message": f"could not find execution instance matching '{exec_id}'"},
+    )
