@@ -206,3 +206,25 @@ class ImageCreateConfig(Schema):
     zfs_dataset: str = ""
     url: str = ""
     autotag: LenientBool = False
+
+
+class BuildNetworkConfig(Schema):
+    """One entry of ImageBuildConfig.networks (an EndPointConfig; `container` is replaced)."""
+
+    container: str = ""
+    network: str
+    ip_address: str = "<auto>"
+    ip_address6: str = "<auto>"
+
+
+class ImageBuildConfig(Schema):
+    """The first frame on /images/build (reference §4.8)."""
+
+    context: str
+    dockerfile: str = "Dockerfile"
+    quiet: LenientBool = False
+    cleanup: LenientBool = True
+    tag: str = ""
+    buildargs: dict[str, str] = Field(default_factory=dict)
+    container_config: ContainerConfig
+    networks: list[BuildNetworkConfig] = Field(default_factory=list)

@@ -57,6 +57,8 @@ class ExecInstance:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Set-up warnings (failed mounts, ...) to show to attached clients first.
     warnings: list[str] = field(default_factory=list)
+    # Build steps: stdin already at EOF, so a prompt fails instead of hanging (§14.4.10).
+    stdin_eof: bool = False
 
 
 class ExecRegistry:
@@ -95,13 +97,26 @@ def registry(rt: Runtime) -> ExecRegistry:
 
 
 async def create(
-    rt: Runtime, container_ident: str, cmd: Sequence[str], user: str, env: Sequence[str], tty: bool
+    rt: Runtime,
+    container_ident: str,
+    cmd: Sequence[str],
+    user: str,
+    env: Sequence[str],
+    tty: bool,
+    *,
+    stdin_eof: bool = False,
 ) -> ExecInstance:
     containers.validate_env(env)
     async with rt.sessions() as session:
         container = await resolve.container(session, container_ident, "container not found")
     instance = ExecInstance(
-        id=new_id(), container_id=container.id, cmd=list(cmd), user=user, env=list(env), tty=tty
+        id=new_id(),
+        container_id=container.id,
+        cmd=list(cmd),
+        user=user,
+        env=list(env),
+        tty=tty,
+        stdin_eof=stdin_eof,
     )
     registry(rt).add(instance)
     return instance
@@ -166,6 +181,7 @@ async def _start_jail(
         env=env,
         jail_params=container.jail_param,
         tty=instance.tty,
+        stdin_eof=instance.stdin_eof,
         network_params=network_params,
         network_mode=NETWORK_MODES[container.network_driver],  # type: ignore[arg-type]
     )
@@ -202,7 +218,12 @@ async def start(rt: Runtime, exec_id: str, *, start_container: bool) -> ExecInst
                 try:
                     process = await rt.jails.exec(
                         ExecSpec(
-                            name=container.id, command=cmd, user=user, env=env, tty=instance.tty
+                            name=container.id,
+                            command=cmd,
+                            user=user,
+                            env=env,
+                            tty=instance.tty,
+                            stdin_eof=instance.stdin_eof,
                         )
                     )
                 except HostError as err:

@@ -39,7 +39,7 @@ def parse_nametag(nametag: str) -> tuple[str, str]:
     return name, tag
 
 
-async def _untag_others(session: AsyncSession, image_id: str, name: str, tag: str) -> None:
+async def untag_others(session: AsyncSession, image_id: str, name: str, tag: str) -> None:
     if name or tag:
         await session.execute(
             update(Image)
@@ -51,7 +51,7 @@ async def _untag_others(session: AsyncSession, image_id: str, name: str, tag: st
 async def save(rt: Runtime, image: Image) -> None:
     """Store a new image, untagging any other image with its name:tag, in one transaction."""
     async with rt.sessions() as session, session.begin():
-        await _untag_others(session, image.id, image.name, image.tag)
+        await untag_others(session, image.id, image.name, image.tag)
         session.add(image)
 
 
@@ -72,7 +72,7 @@ async def tag(rt: Runtime, ident: str, nametag: str) -> str:
     image = await get(rt, ident)
     name, tag_ = parse_nametag(nametag)
     async with rt.lock(f"image:{image.id}"), rt.sessions() as session, session.begin():
-        await _untag_others(session, image.id, name, tag_)
+        await untag_others(session, image.id, name, tag_)
         await session.execute(update(Image).where(Image.id == image.id).values(name=name, tag=tag_))
     return image.id
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 
 from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from kleened.api import ws
-from kleened.api.schemas import ErrorResponse, IdResponse, Image, ImageCreateConfig, LenientBool
+from kleened.api.schemas import (
+    ErrorResponse,
+    IdResponse,
+    Image,
+    ImageBuildConfig,
+    ImageCreateConfig,
+    LenientBool,
+)
+from kleened.engine import build as build_engine
 from kleened.engine import image_create as image_create_engine
 from kleened.engine import images
+from kleened.engine.dockerfile import ParseError
 from kleened.engine.errors import EngineError
+from kleened.engine.ids import new_id
 
+log = logging.getLogger("kleened.images")
 router = APIRouter(prefix="/images", tags=["images"])
 ERR = {"model": ErrorResponse}
 
@@ -108,3 +121,96 @@ async def image_create(websocket: WebSocket) -> None:
     await ws.close(
         websocket, ws.CLOSE_NORMAL, ws.close_reason("closing", "image created", result.image.id)
     )
+
+
+@router.get(
+    "/build",
+    responses={400: ERR},
+    summary="WebSocket: build an image from a Dockerfile in a context on the daemon's host",
+)
+async def image_build_http() -> JSONResponse:
+    return JSONResponse({"message": "this endpoint needs a WebSocket upgrade"}, status_code=400)
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    """Frames after the config are ignored (§5.3); returns when the client is gone."""
+    while True:
+        frame = await websocket.receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+
+
+@router.websocket("/build")
+async def image_build(websocket: WebSocket) -> None:
+    """Reference §5.3: step lines, output and snapshot lines, then close 1000 or 1011."""
+    runtime = websocket.app.state.runtime
+    await websocket.accept()
+    try:
+        config = await ws.receive_config(websocket, ImageBuildConfig)
+        images.parse_nametag(config.tag)
+    except (ws.ConfigError, EngineError) as err:
+        text = err.text if isinstance(err, ws.ConfigError) else err.message
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.send_text(text)
+        summary = "invalid json" if text.startswith("invalid json") else "invalid parameters"
+        await ws.close(websocket, ws.CLOSE_INVALID, ws.close_reason("error", summary))
+        return
+    except WebSocketDisconnect:
+        return
+    try:
+        plan = await asyncio.to_thread(build_engine.load_plan, config)
+    except ParseError as err:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.send_text(ws.message("starting"))
+            await websocket.send_text(err.message)
+        await ws.close(
+            websocket,
+            ws.CLOSE_FAILURE,
+            ws.close_reason("error", "failed to process Dockerfile"),  # [exact]
+        )
+        return
+
+    image_id = new_id()
+    stream = ws.TextStream()
+
+    async def emit(item: str | bytes) -> None:
+        for text in stream.feed(item) if isinstance(item, bytes) else [item]:
+            await websocket.send_text(text)
+
+    builder = build_engine.Build(runtime, config, plan, image_id, emit)
+    try:
+        await websocket.send_text(ws.message("starting", data=image_id))
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    # The build is tied to the socket (§5.3): if the client goes, the build is
+    # cancelled and removes everything it made.
+    work = asyncio.ensure_future(builder.run())
+    watcher = asyncio.ensure_future(_until_disconnect(websocket))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+    try:
+        outcome = await work
+    except asyncio.CancelledError:
+        return  # the client left; the build removed what it had made
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return  # sending failed: the client left
+    except Exception:
+        log.exception("build %s failed unexpectedly", image_id)
+        await ws.close(websocket, ws.CLOSE_FAILURE, ws.close_reason("error", "image build failed"))
+        return
+    if outcome.ok:
+        await ws.close(
+            websocket, ws.CLOSE_NORMAL, ws.close_reason("closing", "image created", image_id)
+        )
+    else:
+        await ws.close(
+            websocket,
+            ws.CLOSE_FAILURE,
+            ws.close_reason("error", "image build failed", outcome.data),  # [exact]
+        )
