@@ -17,9 +17,10 @@ from fastapi import FastAPI
 
 from kleened import __version__
 from kleened.api import errors
-from kleened.api.routes import containers, execs, images, volumes
+from kleened.api.routes import containers, execs, images, networks, volumes
 from kleened.config import Settings
 from kleened.engine import execs as exec_engine
+from kleened.engine import networks as network_engine
 from kleened.engine.errors import HostFailure
 from kleened.engine.runtime import Runtime
 from kleened.host import factory
@@ -88,6 +89,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build_runtime(settings)
         app.state.runtime = runtime
+        # Networks before reconcile: cleaning up a stopped container is also a
+        # network operation (its endpoints and firewall rules).
+        runtime.network = network_engine.build(runtime)
+        if runtime.network is not None:
+            await runtime.network.startup()
         await exec_engine.reconcile(runtime)
         await exec_engine.start_on_startup_containers(runtime)
         try:
@@ -105,7 +111,13 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (containers.router, execs.router, images.router, volumes.router):
+    for router in (
+        containers.router,
+        execs.router,
+        images.router,
+        networks.router,
+        volumes.router,
+    ):
         app.include_router(router)
     app.add_middleware(AccessLog)
     app.state.settings = settings

@@ -168,10 +168,13 @@ async def _start_jail(
     root = await containers.root_of(rt, container)
     warnings = await _mount_all(rt, container, root)
     network_params: list[str] = []
+    before_command = None
     if rt.network is not None:
         prepared = await rt.network.container_starting(container)
         network_params = prepared.jail_params
         warnings.extend(prepared.warnings)
+        # Linux: the veth set-up runs once the jail's namespaces exist.
+        before_command = getattr(prepared, "before_command", None)
     instance.warnings.extend(warnings)
     spec = JailSpec(
         name=container.id,
@@ -186,7 +189,10 @@ async def _start_jail(
         network_mode=NETWORK_MODES[container.network_driver],  # type: ignore[arg-type]
     )
     try:
-        process = await rt.jails.start(spec)
+        if before_command is not None:
+            process = await rt.jails.start(spec, before_command=before_command)  # type: ignore[call-arg]
+        else:
+            process = await rt.jails.start(spec)
     except HostError as err:
         await containers.cleanup(rt, container)
         raise HostFailure(str(err)) from err

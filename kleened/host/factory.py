@@ -40,3 +40,17 @@ def build_mounts(settings: Settings) -> Mounts:
     from kleened.host.linux.mount import LinuxMounts
 
     return LinuxMounts()
+
+
+def build_network(settings: Settings, jails: Jails | None) -> object | None:
+    """The network driver (host/netdriver.py) for this platform."""
+    if settings.is_freebsd:
+        from kleened.host.freebsd.network import FreeBSDNetwork
+
+        return FreeBSDNetwork(settings.pf_config_template_path, settings.pf_config_path)
+    from kleened.host.linux.network import LinuxNetwork
+
+    jail_pid = getattr(jails, "jail_pid", lambda name: None)
+    # Per daemon (data_root), not the shared /var/run/kleened: the saved
+    # ruleset is how a daemon knows the nft table is its own to remove.
+    return LinuxNetwork(settings.data_root / "network", jail_pid)
