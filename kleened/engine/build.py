@@ -27,8 +27,9 @@ Differences from the original, all from §14.4:
 * a client disconnect, a crash or a cancelled task removes the build
   container and its dataset; only `cleanup: false` keeps a `:failed` image.
 
-`networks` in the build config are accepted and not yet applied: the network
-engine has no connect operation for the builder to call (see the issue note).
+The build container is connected to each of `networks` right after it is
+created (the entries' `container` field is ignored); the connections end
+with the build container.
 """
 
 from __future__ import annotations
@@ -256,11 +257,17 @@ class Build:
         self.env = list(self.container.env)
         self.user = self.container.user
         self.cmd = list(self.container.cmd)
-        if self.config.networks:
-            log.warning(
-                "build %s: 'networks' is accepted but not applied yet (no network engine)",
-                self.image_id,
-            )
+        # §9.4.3 step 4; a failure here fails the build like any other step
+        # (the original leaked the container, §14.4.16).
+        for entry in self.config.networks:
+            if self.rt.network is None:
+                raise StepFailed("error: networking is not available on this daemon")
+            try:
+                await self.rt.network.connect(
+                    self.image_id, entry.network, entry.ip_address, entry.ip_address6
+                )
+            except EngineError as err:
+                raise StepFailed(f"error: {err.message}") from err
 
     # ------------------------------------------------------------ executing steps
 

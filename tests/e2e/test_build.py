@@ -74,6 +74,21 @@ def assert_no_build_leftovers(daemon, image_id: str) -> None:
     root = daemon.config_path.parent / "data"
     leftovers = [p for p in root.rglob(f"*{image_id}*") if "container" in p.parts]
     assert not leftovers, leftovers
+    assert not processes_naming(image_id)
+
+
+def processes_naming(word: str) -> list[str]:
+    """Command lines of live processes that mention `word` (a jail's reaper names its root)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if word in cmdline:
+                found.append(cmdline)
+    return found
 
 
 EVERY_INSTRUCTION = """\
@@ -320,3 +335,67 @@ def test_invalid_build_config(base):
             "message": "invalid parameters",
             "msg_type": "error",
         }
+
+
+def ws_build(daemon, ctx: Path, **overrides) -> tuple[list[str], int | None, dict]:
+    """A build over the raw WebSocket: (text frames, close code, close reason)."""
+    config = {
+        "context": str(ctx),
+        "dockerfile": "Dockerfile",
+        "tag": "",
+        "quiet": False,
+        "cleanup": True,
+        "buildargs": {},
+        "container_config": {"image": None, "network_driver": "host"},
+        "networks": [],
+        **overrides,
+    }
+    frames = []
+    with unix_connect(str(daemon.socket), "ws://localhost/images/build") as ws:
+        ws.send(json.dumps(config))
+        try:
+            while True:
+                frames.append(ws.recv(timeout=60))
+        except ConnectionClosed:
+            pass
+        return frames, ws.close_code, json.loads(ws.close_reason or "{}")
+
+
+def test_build_container_joins_networks(base, tmp_path):
+    name = f"bn{secrets.token_hex(3)}"
+    r = base.klee("network", "create", "-t", "bridge", "--subnet", "10.91.7.0/24", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        ctx = context(tmp_path, "FROM base\nRUN ip -4 addr\n")
+        frames, code, reason = ws_build(
+            base,
+            ctx,
+            tag="netbuild",
+            container_config={"image": None, "network_driver": "ipnet"},
+            networks=[{"container": "ignored", "network": name, "ip_address": "10.91.7.42"}],
+        )
+        assert code == 1000, frames
+        assert "10.91.7.42" in "".join(frames)
+        assert reason == {"data": reason["data"], "message": "image created", "msg_type": "closing"}
+        net = json.loads(base.klee("network", "inspect", name).stdout)
+        assert net["network_endpoints"] == []
+
+        frames, code, reason = ws_build(
+            base, ctx, container_config={"network_driver": "ipnet"}, networks=[{"network": "nonet"}]
+        )
+        image_id = json.loads(frames[0])["data"]
+        assert code == 1011 and "error: network not found" in frames
+        assert reason == {"data": "", "message": "image build failed", "msg_type": "error"}
+        assert api(base, "GET", f"/images/{image_id}/inspect").status_code == 404
+        assert_no_build_leftovers(base, image_id)
+    finally:
+        base.klee("rmi", "netbuild")
+        base.klee("network", "rm", name)
+
+
+def test_failed_dockerfile_over_websocket(base, tmp_path):
+    ctx = context(tmp_path, "FROM base\nADD x /\n")
+    frames, code, reason = ws_build(base, ctx)
+    assert json.loads(frames[0]) == {"data": "", "message": "", "msg_type": "starting"}
+    assert frames[1:] == ["error in 'ADD x /': invalid instruction"]
+    assert (code, reason["message"]) == (1011, "failed to process Dockerfile")
