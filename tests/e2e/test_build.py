@@ -399,3 +399,49 @@ def test_failed_dockerfile_over_websocket(base, tmp_path):
     assert json.loads(frames[0]) == {"data": "", "message": "", "msg_type": "starting"}
     assert frames[1:] == ["error in 'ADD x /': invalid instruction"]
     assert (code, reason["message"]) == (1011, "failed to process Dockerfile")
+
+
+def test_build_container_config_is_honoured(base, tmp_path):
+    """klee's container options configure the build container (§9.4.3 FROM step 3)."""
+    host_dir = tmp_path / "hostdir"
+    host_dir.mkdir()
+    (host_dir / "note").write_text("from the host\n")
+    ctx = context(
+        tmp_path,
+        "FROM base\nRUN id -un; echo cc=$CC; hostname; cat /hostdir/note; echo v > /data/f\n",
+    )
+    volume = f"bv{secrets.token_hex(3)}"
+    with base.client() as client:
+        created = client.post("/volumes/create", json={"name": volume})
+        assert created.status_code == 201, created.text
+        mountpoint = client.get(f"/volumes/{volume}/inspect").json()["volume"]["mountpoint"]
+    Path(mountpoint).chmod(0o777)  # the build runs as kleene
+    r = build(
+        base,
+        ctx,
+        "-t",
+        "configured",
+        "-u",
+        "kleene",
+        "-e",
+        "CC=1",
+        "-J",
+        "host.hostname=buildhost",
+        "-m",
+        f"{volume}:/data",
+        "-m",
+        f"{host_dir}:/hostdir:ro",
+    )
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    assert {"kleene", "cc=1", "buildhost", "from the host"} <= set(lines)
+    img = image(base, "configured")
+    # container_config.env and user are baked into the image (§9.4.5, §14.4.11)
+    assert "CC=1" in img["env"] and img["user"] == "kleene"
+    with base.client() as client:
+        vol = client.get(f"/volumes/{volume}/inspect").json()
+        assert vol["mountpoints"] == []  # the build container's mounts went with it
+        assert Path(vol["volume"]["mountpoint"], "f").read_text() == "v\n"
+        client.delete(f"/volumes/{volume}")
+    assert not (host_dir / "f").exists()
+    assert_no_build_leftovers(base, img["id"])
