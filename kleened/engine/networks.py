@@ -167,6 +167,11 @@ class NetworkService:
         """Reference §1.5, made non-destructive (§9.13): owned interfaces are
         completed or recreated, nothing else is touched, and running
         containers keep their connectivity."""
+        try:
+            for warning in await self.driver.startup():
+                log.warning("%s", warning)
+        except HostError as err:
+            log.warning("network start-up: %s", err)
         self.host_gateway = await self.driver.host_gateway()
         if self.host_gateway is None:
             log.warning("Unable to detect host gateway interface. Connectivity might not work.")

@@ -45,6 +45,9 @@ class StartPlan:
 
 
 class NetworkDriver(Protocol):
+    async def startup(self) -> list[str]:
+        """Host prerequisites at daemon start (forwarding, pf enabled); warnings."""
+
     async def host_gateway(self) -> str | None:
         """The interface of the IPv4 default route, or None."""
 

@@ -114,6 +114,10 @@ class LinuxNetwork:
 
     # ------------------------------------------------------------ queries
 
+    async def startup(self) -> list[str]:
+        # Forwarding is enabled per interface as they are created; nothing global.
+        return []
+
     async def host_gateway(self) -> str | None:
         result = await self._run(iproute.default_route())
         if not result.ok:
