@@ -321,3 +321,59 @@ def test_existing_host_interface_is_refused_and_untouched(clean):
         assert name in interfaces()
     finally:
         subprocess.run(["ip", "link", "del", name], check=False)
+
+
+def test_daemon_restart_keeps_and_restores_networks(daemon_factory, archive_server):
+    """Start-up reconciles instead of recreating (reference §9.13): running
+    containers keep their connectivity; what is missing is put back."""
+    kd = daemon_factory()
+    ok(kd.klee("image", "create", "-t", "base", "fetch", archive_server.url_of("rootfs.tar.gz")))
+    create_network(kd, "n1", "-t", "bridge", "--subnet", "10.77.30.0/24")
+    bridge = inspect_network(kd, "n1")["network"]["interface"]
+    a = run_detached(kd, "-l", "vnet", "-n", "n1", "base", "sleep", "120")
+    b = run_detached(kd, "-l", "vnet", "-n", "n1", "base", "sleep", "120")
+    kd.stop()
+    # Networks and containers outlive the daemon.
+    assert bridge in interfaces() and "10.77.30.0/24" in nft_ruleset()
+    kd.start()
+    assert ping(kd, a, address_of(kd, b)) == 0
+    # What disappeared while the daemon was down is recreated at start.
+    ok(kd.klee("container", "stop", a))
+    ok(kd.klee("container", "stop", b))
+    kd.stop()
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    subprocess.run(["nft", "delete", "table", "inet", "kleened"], check=True)
+    kd.start()
+    assert bridge in interfaces()
+    assert "10.77.30.0/24" in nft_ruleset()
+    ok(kd.klee("container", "start", "-d", a))
+    assert ping(kd, a, "10.77.30.1") == 0
+
+
+def test_container_removal_releases_its_endpoints(clean):
+    kd = clean
+    create_network(kd, "n1", "-t", "bridge", "--subnet", "10.77.31.0/24")
+    a = run_detached(kd, "-l", "ipnet", "-n", "n1", "base", "sleep", "60")
+    ep = inspect_container(kd, a)["container_endpoints"][0]
+    ok(kd.klee("container", "stop", a))
+    ok(kd.klee("container", "rm", a))
+    assert inspect_network(kd, "n1")["network_endpoints"] == []
+    assert f"kv{ep['id']}a" not in interfaces()
+    # Its address is free again.
+    b = run_detached(kd, "-l", "ipnet", "-n", "n1", "base", "sleep", "60")
+    assert address_of(kd, b) == ep["ip_address"]
+
+
+def test_ipnet_ipv6_and_loopback_network(clean):
+    kd = clean
+    create_network(
+        kd, "lb", "-t", "loopback", "--subnet", "10.77.32.0/24", "--subnet6", "fd00:77:32::/64"
+    )
+    a = run_detached(kd, "-n", "lb", "base", "sleep", "60")  # ipnet: klee's default with -n
+    b = run_detached(kd, "-n", "lb", "base", "sleep", "60")
+    assert inspect_container(kd, a)["container"]["network_driver"] == "ipnet"
+    assert (address_of(kd, a), address_of(kd, a, 6)) == ("10.77.32.1", "fd00:77:32::1")
+    assert ping(kd, a, address_of(kd, b)) == 0
+    assert ping(kd, a, address_of(kd, b, 6)) == 0
+    shown = exec_in(kd, a, "ip", "addr").stdout
+    assert "10.77.32.1/32" in shown and "fd00:77:32::1/128" in shown
