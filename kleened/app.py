@@ -19,6 +19,7 @@ from kleened import __version__
 from kleened.api import errors
 from kleened.api.routes import containers, execs, images, networks, volumes
 from kleened.config import Settings
+from kleened.engine import build as build_engine
 from kleened.engine import execs as exec_engine
 from kleened.engine import networks as network_engine
 from kleened.engine.errors import HostFailure
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         if runtime.network is not None:
             await runtime.network.startup()
         await exec_engine.reconcile(runtime)
+        await build_engine.reconcile(runtime)
         await exec_engine.start_on_startup_containers(runtime)
         try:
             yield

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from kleened.api.schemas import ContainerConfig, ImageBuildConfig
 from kleened.engine import containers, execs, images, resolve
@@ -424,24 +424,57 @@ class Build:
 
     async def discard(self) -> None:
         """Remove every trace of the build: jail, mounts, container, datasets, records."""
-        try:
-            await self._stop()
-        except EngineError as err:
-            log.warning("build %s: could not stop the build container: %s", self.image_id, err)
-        if self.container is not None and self.rt.network is not None:
-            with contextlib.suppress(EngineError):
-                await self.rt.network.container_removed(self.container)
-        for dataset in (
-            f"{self.rt.settings.container_root}/{self.image_id}",
-            f"{self.rt.settings.image_root}/{self.image_id}",
-        ):
-            try:
-                if await self.rt.storage.exists(dataset):
-                    await self.rt.storage.destroy(dataset)
-            except StorageError as err:
-                log.error("build %s: could not destroy %s: %s", self.image_id, dataset, err)
-        async with self.rt.sessions() as session, session.begin():
-            await session.execute(delete(Mount).where(Mount.container_id == self.image_id))
-            await session.execute(delete(Container).where(Container.id == self.image_id))
-            await session.execute(delete(Image).where(Image.id == self.image_id))
+        await discard(self.rt, self.image_id, self.container)
         self.container = None
+
+
+async def discard(rt: Runtime, image_id: str, container: Container | None) -> None:
+    """Remove a build's container (if any), its datasets and any record with its id."""
+    if container is not None:
+        try:
+            with contextlib.suppress(NotFound):
+                await containers.stop(rt, image_id)
+            await containers.cleanup(rt, container)
+        except EngineError as err:
+            log.warning("build %s: could not stop the build container: %s", image_id, err)
+        if rt.network is not None:
+            with contextlib.suppress(EngineError):
+                await rt.network.container_removed(container)
+    for dataset in (
+        f"{rt.settings.container_root}/{image_id}",
+        f"{rt.settings.image_root}/{image_id}",
+    ):
+        try:
+            if await rt.storage.exists(dataset):
+                await rt.storage.destroy(dataset)
+        except StorageError as err:
+            log.error("build %s: could not destroy %s: %s", image_id, dataset, err)
+    async with rt.sessions() as session, session.begin():
+        await session.execute(delete(Mount).where(Mount.container_id == image_id))
+        await session.execute(delete(Container).where(Container.id == image_id))
+        await session.execute(delete(Image).where(Image.id == image_id))
+
+
+async def reconcile(rt: Runtime) -> list[str]:
+    """At start-up: builds that died with the previous daemon are removed.
+
+    A build lives only as long as its WebSocket (§5.3), so a `builder_<id>`
+    container found at start-up belongs to a build nobody can finish; this
+    also covers a crash between the dataset rename and the image record.
+    """
+    async with rt.sessions() as session:
+        stale = [
+            c
+            for c in await session.scalars(
+                select(Container).where(Container.name.like("builder\\_%", escape="\\"))
+            )
+            if c.name == f"builder_{c.id}"
+        ]
+    for container in stale:
+        log.warning("removing build container %s left by an interrupted build", container.id)
+        async with rt.sessions() as session:
+            finished = await session.get(Image, container.id)
+        if finished is not None:
+            continue  # the build finished (the records change in one transaction): keep it
+        await discard(rt, container.id, container)
+    return [c.id for c in stale]

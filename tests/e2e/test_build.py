@@ -445,3 +445,31 @@ def test_build_container_config_is_honoured(base, tmp_path):
         client.delete(f"/volumes/{volume}")
     assert not (host_dir / "f").exists()
     assert_no_build_leftovers(base, img["id"])
+
+
+def test_build_interrupted_by_a_daemon_crash_is_removed_at_start(
+    daemon_factory, archive_server, tmp_path
+):
+    import signal
+
+    daemon = daemon_factory()
+    r = daemon.klee("image", "create", "-t", "base", "fetch", archive_server.url_of("rootfs.tar"))
+    assert "image created" in r.stdout, r.stdout
+    ctx = context(tmp_path, "FROM base\nRUN echo started; sleep 60\n")
+    config = {
+        "context": str(ctx),
+        "tag": "crashed",
+        "cleanup": False,
+        "container_config": {"network_driver": "host"},
+    }
+    with unix_connect(str(daemon.socket), "ws://localhost/images/build") as ws:
+        ws.send(json.dumps(config))
+        image_id = json.loads(ws.recv(timeout=10))["data"]
+        while "started" not in ws.recv(timeout=20):
+            pass
+        daemon.stop(signal.SIGKILL)
+    root = daemon.config_path.parent / "data"
+    assert [p for p in root.rglob(f"*{image_id}*") if "container" in p.parts]  # left behind
+    daemon.start()
+    assert api(daemon, "GET", f"/images/{image_id}/inspect").status_code == 404
+    assert_no_build_leftovers(daemon, image_id)
