@@ -74,8 +74,9 @@ def validate_name(name: str) -> None:
 
 
 def _port(value: str) -> int:
-    if not value.isdigit():
-        raise InvalidInput("could not decode port publishing specification")
+    # "3leet", "", "-1", "*" and 70000 all get the range message (reference §6).
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidInput("invalid port value (should be in the range 0 - 65535)")
     number = int(value)
     if not 0 <= number <= 65535:
         raise InvalidInput("invalid port value (should be in the range 0 - 65535)")
@@ -90,9 +91,12 @@ def validate_port(port: PublishedPortConfig) -> None:
     numbers = [_port(p) for p in host]
     if len(numbers) == 2 and numbers[0] > numbers[1]:
         raise InvalidInput("could not decode port publishing specification")
-    first, sep, rest = port.container_port.partition(":")
-    _port(first)
-    if sep and (rest != "*" or len(numbers) != 2):
+    container = port.container_port.split(":")
+    if len(container) > 2:
+        raise InvalidInput("could not decode port publishing specification")
+    _port(container[0])
+    # "N:*" keeps the offset within a host range; "A:B" is an explicit range.
+    if len(container) == 2 and container[1] != "*" and _port(container[1]) < int(container[0]):
         raise InvalidInput("could not decode port publishing specification")
     for interface in port.interfaces:
         if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", interface):

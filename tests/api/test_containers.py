@@ -94,6 +94,10 @@ async def test_identifiers(app_client, base):
         ),
         (
             {"public_ports": [{"interfaces": [], "host_port": "x", "container_port": "80"}]},
+            "invalid port value (should be in the range 0 - 65535)",  # reference §6: "3leet"
+        ),
+        (
+            {"public_ports": [{"interfaces": [], "host_port": "1:2:3", "container_port": "80"}]},
             "could not decode port publishing specification",
         ),
         ({"jail_param": ["bad param"]}, "invalid jail parameter"),

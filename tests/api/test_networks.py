@@ -354,3 +354,56 @@ async def test_published_port_addresses_follow_endpoints(app_client, base):
     assert (await app_client.post(f"/networks/n1/disconnect/{cid}")).status_code == 204
     doc = (await app_client.get(f"/containers/{cid}/inspect")).json()
     assert port(doc)["ip_address"] == ""  # cleared, not stale (reference §9.4)
+
+
+@pytest.mark.parametrize(
+    ("host_port", "container_port", "message"),
+    [
+        ("3leet", "80", "invalid port value (should be in the range 0 - 65535)"),
+        ("", "80", "invalid port value (should be in the range 0 - 65535)"),
+        ("-1", "80", "invalid port value (should be in the range 0 - 65535)"),
+        ("70000", "80", "invalid port value (should be in the range 0 - 65535)"),
+        ("80:*", "80", "invalid port value (should be in the range 0 - 65535)"),
+        ("80", "x", "invalid port value (should be in the range 0 - 65535)"),
+        ("1:2:3", "80", "could not decode port publishing specification"),
+        ("80", "1:2:3", "could not decode port publishing specification"),
+        ("90:80", "80", "could not decode port publishing specification"),
+    ],
+)
+async def test_port_validation(app_client, base, host_port, container_port, message):
+    r = await app_client.post(
+        "/containers/create",
+        json={
+            "image": "base",
+            "network_driver": "vnet",
+            "public_ports": [
+                {"interfaces": [], "host_port": host_port, "container_port": container_port}
+            ],
+        },
+    )
+    await expect(r, 404, message)  # every container-create error is a 404 for klee
+
+
+@pytest.mark.parametrize(
+    ("host_port", "container_port"), [("8080", "80"), ("8080:8090", "80:*"), ("8080:8082", "80:82")]
+)
+async def test_port_forms_accepted(app_client, base, host_port, container_port):
+    cid = await container(
+        app_client,
+        "vnet",
+        public_ports=[
+            {
+                "interfaces": [],
+                "host_port": host_port,
+                "container_port": container_port,
+                "protocol": "udp",
+            }
+        ],
+    )
+    doc = (await app_client.get(f"/containers/{cid}/inspect")).json()
+    (port,) = doc["container"]["public_ports"]
+    assert (port["host_port"], port["container_port"], port["protocol"]) == (
+        host_port,
+        container_port,
+        "udp",
+    )
