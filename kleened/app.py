@@ -21,6 +21,7 @@ from kleened.api.routes import containers, execs, images, networks, volumes
 from kleened.config import Settings
 from kleened.engine import build as build_engine
 from kleened.engine import execs as exec_engine
+from kleened.engine import images as image_engine
 from kleened.engine import networks as network_engine
 from kleened.engine.errors import HostFailure
 from kleened.engine.runtime import Runtime
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
             await runtime.network.startup()
         await exec_engine.reconcile(runtime)
         await build_engine.reconcile(runtime)
+        await image_engine.reconcile(runtime)
         await exec_engine.start_on_startup_containers(runtime)
         try:
             yield

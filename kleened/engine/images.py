@@ -187,3 +187,46 @@ async def finish(rt: Runtime, image_id: str, dataset: str, nametag: str) -> Imag
     )
     await save(rt, image)
     return image
+
+
+async def reconcile(rt: Runtime) -> None:
+    """At start-up: undo image creations and builds that a crash cut short.
+
+    An image dataset without a record can only come from an interrupted
+    `/images/create` or build (the record is always written last), so it is
+    destroyed unless something was cloned from it. Half-downloaded archives
+    (`.download-*` in the root's directory) go too.
+    """
+    async with rt.sessions() as session:
+        known = {image.dataset for image in await session.scalars(select(Image))}
+    try:
+        datasets = await rt.storage.list_children(rt.settings.image_root)
+    except StorageError as err:
+        log.warning("could not list image datasets: %s", err)
+        return
+    for dataset in datasets:
+        if dataset in known:
+            continue
+        try:
+            if await rt.storage.clones_of(dataset):
+                log.warning("image dataset %s has no record but has clones; kept", dataset)
+                continue
+            origin = await rt.storage.origin(dataset)
+            await rt.storage.destroy(dataset)
+            log.warning("removed image dataset %s left by an interrupted operation", dataset)
+            image_id = dataset.rsplit("/", 1)[1]
+            # zfs-clone's origin snapshot outside our root was made for this image alone.
+            if (
+                origin
+                and origin.endswith(f"@{image_id}")
+                and not origin.startswith(rt.settings.kleene_root + "/")
+            ):
+                await rt.storage.destroy_snapshot(origin)
+        except StorageError as err:
+            log.warning("could not remove orphaned image dataset %s: %s", dataset, err)
+    try:
+        workdir = await rt.storage.mountpoint(rt.settings.kleene_root)
+    except StorageError:
+        return
+    for leftover in workdir.glob(".download-*.archive"):
+        leftover.unlink(missing_ok=True)
