@@ -166,12 +166,17 @@ class Build:
             image = await self._store(*images.parse_nametag(self.config.tag))
             return Outcome(ok=True, data=image.id)
         except StepFailed as err:
-            if err.message:
-                await self.emit(err.message)
-            return await self._failed()
+            failure = err
         except BaseException:
             # The client left, the task was cancelled, or something broke:
             # nothing of the build may stay behind.
+            await asyncio.shield(self.discard())
+            raise
+        try:
+            if failure.message:
+                await self.emit(failure.message)
+            return await self._failed()
+        except BaseException:  # as above: the client may leave while we report
             await asyncio.shield(self.discard())
             raise
 
@@ -182,11 +187,7 @@ class Build:
             await self.discard()
             return Outcome(ok=False, data="")
         name, _tag = images.parse_nametag(self.config.tag)
-        try:
-            await self._store(name, "failed")
-        except BaseException:
-            await asyncio.shield(self.discard())
-            raise
+        await self._store(name, "failed")
         snapshots = [snap for _line, snap in self.lines if snap]
         return Outcome(ok=False, data=snapshots[-1] if snapshots else NO_SNAPSHOTS)
 
