@@ -473,3 +473,18 @@ def test_build_interrupted_by_a_daemon_crash_is_removed_at_start(
     daemon.start()
     assert api(daemon, "GET", f"/images/{image_id}/inspect").status_code == 404
     assert_no_build_leftovers(daemon, image_id)
+
+
+def test_from_variable_and_from_override(base, tmp_path):
+    ctx = context(tmp_path, "ARG PARENT=nosuch\nFROM ${PARENT}\nWORKDIR /w/${PARENT}\nCMD pwd\n")
+    r = build(base, ctx, "-t", "fromarg", "--build-arg", "PARENT=base")
+    assert r.returncode == 0, r.stdout
+    img = image(base, "fromarg")
+    assert img["cmd"] == ["/bin/sh", "-c", "cd /w/base && pwd"]  # WORKDIR is substituted
+    assert "/w/base" in run_out(base, "fromarg")
+    r = build(base, ctx, "-t", "override", "--from", "fromarg")
+    assert r.returncode == 0, r.stdout
+    assert "Using user-supplied parent image: 'fromarg'" in r.stdout.splitlines()
+    assert image(base, "override")["cmd"] == ["/bin/sh", "-c", "cd /w/nosuch && pwd"]
+    r = build(base, ctx, "-t", "override2", "--from", "nosuchparent")
+    assert "error: could not find image nosuchparent" in r.stdout
