@@ -377,3 +377,13 @@ def test_ipnet_ipv6_and_loopback_network(clean):
     assert ping(kd, a, address_of(kd, b, 6)) == 0
     shown = exec_in(kd, a, "ip", "addr").stdout
     assert "10.77.32.1/32" in shown and "fd00:77:32::1/128" in shown
+
+
+HTTPD = "mkdir -p /www && echo hello-kleene > /www/index.html && httpd -f -p 8000 -h /www"
+
+
+def test_published_port_of_an_ipnet_container(clean):
+    kd = clean
+    create_network(kd, "web", "-t", "loopback", "--subnet", "10.77.42.0/24")
+    run_detached(kd, "-n", "web", "-p", "18083:8000", "base", "sh", "-c", HTTPD)
+    assert wait_for(lambda: http_get("http://127.0.0.1:18083/")) == "hello-kleene\n"
