@@ -24,7 +24,7 @@ from kleened.engine.errors import Conflict, EngineError, HostFailure, NotFound
 from kleened.engine.ids import new_id
 from kleened.engine.runtime import Runtime
 from kleened.host import files
-from kleened.host.base import ExecSpec, HostError, JailSpec, Process
+from kleened.host.base import BeforeCommand, ExecSpec, HostError, JailSpec, Process
 from kleened.store.models import Container, Mount, Volume
 
 log = logging.getLogger("kleened.exec")
@@ -168,13 +168,13 @@ async def _start_jail(
     root = await containers.root_of(rt, container)
     warnings = await _mount_all(rt, container, root)
     network_params: list[str] = []
-    before_command = None
+    before_command: BeforeCommand | None = None
     if rt.network is not None:
         prepared = await rt.network.container_starting(container)
         network_params = prepared.jail_params
         warnings.extend(prepared.warnings)
         # Linux: the veth set-up runs once the jail's namespaces exist.
-        before_command = getattr(prepared, "before_command", None)
+        before_command = prepared.before_command
     instance.warnings.extend(warnings)
     spec = JailSpec(
         name=container.id,
@@ -189,10 +189,7 @@ async def _start_jail(
         network_mode=NETWORK_MODES[container.network_driver],  # type: ignore[arg-type]
     )
     try:
-        if before_command is not None:
-            process = await rt.jails.start(spec, before_command=before_command)  # type: ignore[call-arg]
-        else:
-            process = await rt.jails.start(spec)
+        process = await rt.jails.start(spec, before_command=before_command)
     except HostError as err:
         await containers.cleanup(rt, container)
         raise HostFailure(str(err)) from err

@@ -11,7 +11,7 @@ mount is a bind mount on Linux.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -184,6 +184,10 @@ class RunningJail:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# Runs with the host pid of a new jail's pid 1, before the jail's command starts.
+BeforeCommand = Callable[[int], Awaitable[None]]
+
+
 @runtime_checkable
 class Jails(Protocol):
     """Isolated process trees named after the container id.
@@ -193,8 +197,18 @@ class Jails(Protocol):
     `list_running` and can exec into it and stop it.
     """
 
-    async def start(self, spec: JailSpec) -> Process:
-        """Create the jail with `spec.command` as its first process."""
+    async def start(
+        self, spec: JailSpec, *, before_command: BeforeCommand | None = None
+    ) -> Process:
+        """Create the jail with `spec.command` as its first process.
+
+        The process ends when the command does, as jail(8) returns then; the
+        jail itself lives on while anything the command left behind does.
+        `before_command(pid)` runs once the jail exists and before the command
+        starts, with the host pid of its pid 1 (Linux: moving a veth into the
+        jail's network namespace). FreeBSD takes its network set-up as jail
+        parameters instead and refuses a hook.
+        """
 
     async def exec(self, spec: ExecSpec) -> Process:
         """Start another process inside a running jail."""

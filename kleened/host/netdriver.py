@@ -12,16 +12,15 @@ custom networks and anything else on the host are only read.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from kleened.engine.netmodel import EndpointSpec, FirewallState, NetworkSpec
-from kleened.host.base import HostError
+from kleened.host.base import BeforeCommand, HostError
 
 # (network, endpoint) pairs of one container, networks in name order.
 Attached = Sequence[tuple[NetworkSpec, EndpointSpec]]
-BeforeCommand = Callable[[int], Awaitable[None]]
 
 
 class NetworkHostError(HostError):

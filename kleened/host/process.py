@@ -39,6 +39,12 @@ from kleened.host.base import HostError
 DEFAULT_BUFFER_LIMIT = 1 << 20  # bytes held per subscriber before the oldest are dropped
 READ_SIZE = 65536
 EOF_CHAR = b"\x04"  # what closing stdin means on a terminal (VEOF, ^D)
+# After the child exits, its output is read until EOF, or until it has been idle
+# this long, or at most LINGER_MAX: a process it left in the background may hold
+# the pipe for good (`sh -c 'daemon & echo started'`), and jail(8)/jexec callers
+# see the command end when the command does.
+LINGER_IDLE = 0.1
+LINGER_MAX = 2.0
 
 
 class _Subscription:
@@ -145,8 +151,12 @@ class SpawnedProcess:
         in_fd: int | None,
         tty: bool,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        linger: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._linger = linger
+        self._last_output = 0.0
+        self._exit_time = 0.0
         self._popen = popen
         self.pid = popen.pid
         self.tty = tty
@@ -183,6 +193,7 @@ class SpawnedProcess:
                 self._fanout.publish(f"\n[output error: {err.strerror}]\n".encode())
             data = b""
         if data:
+            self._last_output = self._loop.time()
             self._fanout.publish(data)
         else:
             self._close_output()
@@ -277,6 +288,36 @@ class SpawnedProcess:
         assert self._popen.returncode is not None
         if not self._exited.done():
             self._exited.set_result(_exit_status(self._popen.returncode))
+            if self._linger and not self._output_done.done():
+                self._exit_time = self._loop.time()
+                self._check_linger()
+
+    def _check_linger(self) -> None:
+        """End the output of an exited child once it has gone quiet."""
+        if self._output_done.done():
+            return
+        now = self._loop.time()
+        quiet_at = max(self._last_output, self._exit_time) + LINGER_IDLE
+        deadline = self._exit_time + LINGER_MAX
+        if now >= quiet_at or now >= deadline:
+            self._drain()
+            self._close_output()
+            return
+        self._loop.call_later(min(quiet_at, deadline) - now, self._check_linger)
+
+    def _drain(self) -> None:
+        """Publish what is already in the pipe (a bounded amount: a background
+        writer may keep it full) before it is closed."""
+        for _ in range(16):
+            if self._out_fd is None or self._output_done.done():
+                return
+            try:
+                data = os.read(self._out_fd, READ_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            self._fanout.publish(data)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
@@ -329,6 +370,7 @@ async def spawn(
     preexec: Callable[[], object] | None = None,
     pass_fds: Sequence[int] = (),
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    linger: bool = True,
 ) -> SpawnedProcess:
     """Start `argv` with streamed output.
 
@@ -337,6 +379,8 @@ async def spawn(
     slave becomes the child's controlling terminal and its fds 0-2. The child
     always gets a new session, so a terminal the daemon runs in never signals
     it. `preexec` runs in the child just before exec; `pass_fds` stay open in it.
+    With `linger` (the default) the output ends shortly after the child exits
+    even if a background process still holds it; without, only at EOF.
     """
     if not argv:
         raise HostError("no command given")
@@ -386,4 +430,6 @@ async def spawn(
     finally:
         for fd in child_fds:
             os.close(fd)
-    return SpawnedProcess(popen, out_fd=out_fd, in_fd=in_fd, tty=tty, buffer_limit=buffer_limit)
+    return SpawnedProcess(
+        popen, out_fd=out_fd, in_fd=in_fd, tty=tty, buffer_limit=buffer_limit, linger=linger
+    )

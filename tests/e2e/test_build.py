@@ -294,6 +294,27 @@ def test_run_gets_stdin_at_eof_and_quiet(base, tmp_path):
     assert "status=1" in r.stdout
 
 
+def test_run_leaving_a_background_process_does_not_hang_the_build(base, tmp_path):
+    # The first RUN starts the build jail, the second execs into it: both
+    # leave a process holding their output, and neither may hold the step.
+    dockerfile = (
+        "FROM base\n"
+        "RUN sleep 300 & echo first-bg\n"
+        "RUN sleep 300 & echo second-bg\n"
+        "RUN echo done > /done\n"
+    )
+    ctx = context(tmp_path, dockerfile)
+    begin = time.monotonic()
+    r = build(base, ctx, "-t", "background")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert time.monotonic() - begin < 60
+    assert "first-bg" in r.stdout and "second-bg" in r.stdout
+    assert len(re.findall(r"--> Snapshot created: @", r.stdout)) == 3
+    built = image(base, "background")
+    assert_no_build_leftovers(base, built["id"])
+    assert "done" in run_out(base, "background", "cat", "/done")
+
+
 def test_disconnect_mid_build_leaves_nothing(base, tmp_path):
     ctx = context(tmp_path, "FROM base\nRUN echo started; sleep 60\n")
     config = {

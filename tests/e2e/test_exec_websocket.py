@@ -188,3 +188,27 @@ async def test_stop_container_through_exec_stop(base):
     assert message.startswith(f"executable {exec_id} and its container exited with exit-code ")
     with base.client() as client:
         assert client.get(f"/containers/{cid}/inspect").json()["container"]["running"] is False
+
+
+@pytest.mark.parametrize("tty", [False, True])
+async def test_first_process_leaving_a_daemon_behind_ends_like_jail8(base, tty):
+    # The server keeps stdout open; the first process still ends when the shell
+    # does, and the container keeps running with the server in it.
+    # (a terminal's hangup would end the sleep with the shell: it ignores it)
+    command = ["/bin/sh", "-c", "trap '' HUP; sleep 300 & echo started; exit 4"]
+    cid, exec_id = new_exec(base, command, tty=tty)
+    frames, code, reason = await asyncio.wait_for(session(base, start(exec_id)), 20)
+    assert "".join(frames[1:]).strip() == "started"
+    assert code == 1000
+    assert json.loads(reason)["message"] == f"{exec_id} has exited with exit-code 4"
+    with base.client() as client:
+        assert client.get(f"/containers/{cid}/inspect").json()["container"]["running"] is True
+        # an exec that leaves a process behind ends with its command too
+        r = client.post("/exec/create", json={"container_id": cid, "cmd": command})
+        second = r.json()["id"]
+    frames, code, reason = await asyncio.wait_for(session(base, start(second)), 20)
+    assert "".join(frames[1:]).strip() == "started"
+    assert json.loads(reason)["message"] == f"{second} has exited with exit-code 4"
+    with base.client() as client:
+        assert client.post(f"/containers/{cid}/stop").status_code == 200
+        assert client.delete(f"/containers/{cid}").status_code == 200

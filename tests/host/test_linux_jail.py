@@ -125,14 +125,44 @@ async def test_jail_lives_while_any_process_does(jails: LinuxJails, busybox_root
     )
     stream = process.subscribe()
     assert await asyncio.wait_for(anext(stream), TIMEOUT) == b"started\n"
-    await asyncio.sleep(0.3)
-    # the shell is gone, its background sleep keeps the jail alive
+    # as with jail(8), the first process ends with the command, output and all,
+    # while its background sleep keeps the jail alive
+    assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    assert await collect_rest(stream) == b""
+    assert time.monotonic() - begin < 0.9
     assert await jails.is_running(NAME)
     assert NAME in await jails.list_running()
-    assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    await asyncio.wait_for(jails.wait_stopped(NAME), TIMEOUT)
     assert time.monotonic() - begin >= 0.9
     assert not await jails.is_running(NAME)
     assert await jails.list_running() == {}
+
+
+async def test_a_background_process_does_not_hold_the_first_process(
+    jails: LinuxJails, busybox_rootfs: Path
+) -> None:
+    # stdout and stderr stay open in the daemon it started: still, the command's
+    # end is reported at once, with its status, and later output is dropped
+    command = ["sh", "-c", "(sleep 0.5; echo late) & echo early; exit 7"]
+    process = await jails.start(JailSpec(name=NAME, path=busybox_rootfs, command=command))
+    stream = process.subscribe()
+    assert await asyncio.wait_for(process.wait(), TIMEOUT) == 7
+    assert await collect_rest(stream) == b"early\n"
+    assert await jails.is_running(NAME)
+    await jails.stop(NAME)
+    assert not await jails.is_running(NAME)
+
+
+async def test_an_exec_left_running_in_the_background_does_not_hold_its_output(
+    jails: LinuxJails, busybox_rootfs: Path
+) -> None:
+    first = await jails.start(JailSpec(name=NAME, path=busybox_rootfs, command=["sleep", "30"]))
+    begin = time.monotonic()
+    output, code = await execute(jails, ["sh", "-c", "sleep 30 & echo bg"])
+    assert (output, code) == (b"bg\n", 0)
+    assert time.monotonic() - begin < 5
+    await jails.stop(NAME)
+    await first.wait()
 
 
 async def test_exit_status_is_the_commands(jails: LinuxJails, busybox_rootfs: Path) -> None:
@@ -373,9 +403,9 @@ async def test_an_execd_process_keeps_the_jail_alive(
     # the first command is done, but the exec'd one is not pid 1's child: the
     # reaper finds it in its /proc and keeps the jail up
     assert await jails.is_running(NAME)
-    assert first.returncode is None
+    assert first.returncode == 0  # the first process is reported ended (jail(8))
     assert await asyncio.wait_for(execd.wait(), TIMEOUT) == 0
-    assert await asyncio.wait_for(first.wait(), TIMEOUT) == 0
+    await asyncio.wait_for(jails.wait_stopped(NAME), TIMEOUT)
     assert time.monotonic() - begin >= 1.1
     assert not await jails.is_running(NAME)
 

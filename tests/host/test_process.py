@@ -147,6 +147,31 @@ async def test_a_signalled_process_reports_128_plus_signal(action, expected) -> 
     proc.kill()  # after the end: a no-op, never a stranger's pid
 
 
+async def test_output_ends_soon_after_exit_when_a_background_process_holds_it() -> None:
+    # the background sleep keeps the pipe open; the output still ends with the
+    # command (jail(8)/jexec callers see the command end when it ends)
+    proc = await spawn(["sh", "-c", "sleep 30 & echo $!"])
+    output = await collect(proc.subscribe())
+    assert await proc.wait() == 0
+    background = int(output)
+    assert Path(f"/proc/{background}").exists()  # it still holds the pipe
+    os.kill(background, signal.SIGKILL)
+
+
+async def test_a_background_writer_cannot_hold_the_output_forever() -> None:
+    proc = await spawn(["sh", "-c", "yes & exit 0"])
+    output = await collect(proc.subscribe())  # bounded by LINGER_MAX, not by `yes`
+    assert output.startswith(b"y\ny\n")
+    assert await proc.wait() == 0
+    await asyncio.sleep(0.2)  # `yes` dies of SIGPIPE once the pipe is closed
+
+
+async def test_without_linger_the_output_lasts_until_eof() -> None:
+    proc = await spawn(["sh", "-c", "(sleep 0.6; echo late) & echo early"], linger=False)
+    assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    assert await collect(proc.subscribe()) == b"early\nlate\n"
+
+
 async def test_writes_after_the_end_are_ignored() -> None:
     proc = await spawn(["true"])
     await proc.wait()

@@ -37,7 +37,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Protocol
 
-from kleened.host.base import ExecSpec, HostError, JailError, JailSpec, Process, RunningJail
+from kleened.host.base import (
+    BeforeCommand,
+    ExecSpec,
+    HostError,
+    JailError,
+    JailSpec,
+    Process,
+    RunningJail,
+)
 from kleened.host.freebsd import runner as runner_module
 from kleened.host.freebsd.jls import jls_check_argv, jls_list_argv, parse_jls
 from kleened.host.freebsd.runner import (
@@ -393,7 +401,11 @@ class FreeBSDJails:
         except (OSError, HostError) as err:
             raise JailError(f"could not start {argv[0]}: {err}") from err
 
-    async def start(self, spec: JailSpec) -> Process:
+    async def start(
+        self, spec: JailSpec, *, before_command: BeforeCommand | None = None
+    ) -> Process:
+        if before_command is not None:
+            raise JailError("a before-command hook is not supported on FreeBSD")
         argv = jail_create_argv(spec)
         process = await self._start_process(argv, tty=spec.tty, stdin_eof=spec.stdin_eof)
         self._started_params[spec.name] = tuple(spec.jail_params)

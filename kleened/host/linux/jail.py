@@ -7,9 +7,12 @@
   hostname, pivots into the jail's root, runs the command as the user found in
   the jail's own /etc/passwd, and lives until no process is left in the jail,
   so a jail lives as long as FreeBSD's would. The monitor relays the jail's
-  output to the daemon and exits with pid 1's status (the command's, or
-  128+signal). When the daemon goes away the monitor drops the output instead
-  of letting SIGPIPE kill the jail.
+  output to the daemon. As with jail(8), the daemon sees the first process
+  end when the *command* ends (its status, or 128+signal), not when the jail
+  does: the monitor reports the status on a separate pipe and stops relaying,
+  and stays, dropping later output, until the jail is empty. When the daemon
+  goes away the monitor drops the output instead of letting SIGPIPE kill the
+  jail.
 * `exec` enters a running jail's namespaces and root (setns, no nsenter) and
   runs a command there, staying outside to forward signals: SIGTERM reaches
   the command and a SIGKILLed helper takes the command with it, as with jexec.
@@ -32,11 +35,18 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kleened.host.base import ExecSpec, HostError, JailError, JailSpec, RunningJail
+from kleened.host.base import (
+    BeforeCommand,
+    ExecSpec,
+    HostError,
+    JailError,
+    JailSpec,
+    RunningJail,
+)
 from kleened.host.linux.reaper import ensure_reaper
 from kleened.host.process import SpawnedProcess, spawn
 
@@ -54,7 +64,74 @@ HELPER_TIMEOUT = 10.0  # short helper commands (hostname) and waiting for a fail
 KILL_WAIT = 10.0  # after SIGKILL to pid 1 the kernel empties the namespace promptly
 MONITOR_WAIT = 5.0
 
-BeforeCommand = Callable[[int], Awaitable[None]]
+
+class FirstProcess:
+    """The jail's first process: the monitor, but ending with the command.
+
+    `wait()` gives the status the monitor writes on the exit pipe once the
+    command has ended and its output has been relayed; if the monitor ends
+    first (the jail ended with the command, or the monitor was signalled and
+    detached), its own status, which is then the command's or 128+signal.
+    """
+
+    def __init__(self, monitor: SpawnedProcess, exit_fd: int) -> None:
+        self._monitor = monitor
+        self.pid = monitor.pid
+        self._status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._follow(exit_fd))
+
+    async def _follow(self, exit_fd: int) -> None:
+        reading = False
+
+        async def reported() -> int | None:
+            nonlocal reading
+            reading = True  # from here on _lines owns (and closes) the fd
+            async for line in _lines(exit_fd):
+                if line.strip().isdigit():
+                    return int(line)
+            return None
+
+        report = asyncio.ensure_future(reported())
+        exited = asyncio.ensure_future(self._monitor.wait())
+        done, _ = await asyncio.wait({report, exited}, return_when=asyncio.FIRST_COMPLETED)
+        code = report.result() if report in done else None
+        if code is None:
+            code = await exited
+        # a detached copy of the monitor may hold the pipe open for good
+        for task in (report, exited):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not reading:
+            os.close(exit_fd)
+        self._status.set_result(code)
+
+    def subscribe(self) -> AsyncIterator[bytes]:
+        return self._monitor.subscribe()
+
+    async def write(self, data: bytes) -> None:
+        await self._monitor.write(data)
+
+    async def close_stdin(self) -> None:
+        await self._monitor.close_stdin()
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._status)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._status.result() if self._status.done() else None
+
+    def send_signal(self, sig: int) -> None:
+        # Once the command has ended the monitor belongs to the jail, not to it.
+        if not self._status.done():
+            self._monitor.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 @dataclass
@@ -274,7 +351,7 @@ class LinuxJails:
 
     async def start(
         self, spec: JailSpec, *, before_command: BeforeCommand | None = None
-    ) -> SpawnedProcess:
+    ) -> FirstProcess:
         """Create the jail with `spec.command` as its first process.
 
         `before_command(pid)` (optional) runs once the namespaces exist and
@@ -295,8 +372,10 @@ class LinuxJails:
         binary = await self.reaper()
 
         sync_r, sync_w = os.pipe()
+        exit_r, exit_w = os.pipe()
         go_r, go_w = os.pipe() if before_command is not None else (None, None)
-        argv = [str(binary), "start", "--sync-fd", str(sync_w), "--root", str(root)]
+        argv = [str(binary), "start", "--sync-fd", str(sync_w), "--exit-fd", str(exit_w)]
+        argv += ["--root", str(root)]
         argv += ["--hostname", hostname, "--net", spec.network_mode, "--user", spec.user or "root"]
         if spec.tty:
             argv.append("--tty")
@@ -305,13 +384,18 @@ class LinuxJails:
         if go_r is not None:
             argv += ["--go-fd", str(go_r)]
         argv += ["--", *spec.command]
-        passed = [sync_w] if go_r is None else [sync_w, go_r]
+        passed = [sync_w, exit_w] if go_r is None else [sync_w, exit_w, go_r]
         try:
+            # the monitor ends the output itself, when the command has ended
             process = await spawn(
-                argv, env=_helper_env(spec.env), stdin_eof=spec.stdin_eof, pass_fds=passed
+                argv,
+                env=_helper_env(spec.env),
+                stdin_eof=spec.stdin_eof,
+                pass_fds=passed,
+                linger=False,
             )
         except HostError as err:
-            for fd in (sync_r, go_w):
+            for fd in (sync_r, exit_r, go_w):
                 if fd is not None:
                     os.close(fd)
             raise JailError(str(err)) from err
@@ -358,19 +442,21 @@ class LinuxJails:
                 async for line in _lines(sync_r):
                     await on_line(line[:1], line[1:])
         except BaseException:
+            os.close(exit_r)
             await self._abandon(process, state)
             raise
         finally:
             if go_w is not None:
                 os.close(go_w)
         if error is not None or hook_error is not None or pid is None:
+            os.close(exit_r)
             await self._abandon(process, state)
             if hook_error is not None:
                 raise JailError(f"jail set-up failed: {hook_error}") from hook_error
             if error is None:
                 error = f"the jail's reaper ended early with status {process.returncode}"
             raise JailError(error)
-        return process
+        return FirstProcess(process, exit_r)
 
     def _record(
         self, spec: JailSpec, root: Path, hostname: str, pid: int, monitor: SpawnedProcess

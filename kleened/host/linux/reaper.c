@@ -2,7 +2,7 @@
  * kleened-reaper: the one compiled helper behind Linux jails.
  *
  *   kleened-reaper start --sync-fd N --root DIR --hostname NAME --net host|new|disabled
- *                        --user USER [--tty] [--no-dev] [--go-fd N] -- CMD...
+ *                        --user USER [--tty] [--no-dev] [--go-fd N] [--exit-fd N] -- CMD...
  *       The calling process becomes the jail's *monitor*: it creates pid, mount,
  *       uts, ipc (and for new/disabled, net) namespaces for a child that runs as
  *       pid 1 in them (the *reaper*), relays the jail's output to its own stdout
@@ -10,6 +10,11 @@
  *       up /proc and a private /dev, starts CMD as USER and lives until no other
  *       process is left in the jail (FreeBSD jail lifetime), forwarding
  *       SIGTERM/SIGINT/SIGHUP to every process in it.
+ *       With --exit-fd, the end of CMD itself is reported as jail(8) reports
+ *       it, even while processes CMD left in the background keep the jail up:
+ *       once CMD's output has settled, the monitor writes CMD's status ("N\n")
+ *       to that fd, closes it and its own stdout and stderr, and stays with
+ *       the jail (still reaping pid 1) until the jail is empty.
  *
  *   kleened-reaper exec --sync-fd N --pid PID1 --starttime T --user USER
  *                       [--workdir DIR] [--tty] -- CMD...
@@ -86,6 +91,7 @@ struct opts {
     int nodev;
     int sync_fd;
     int go_fd;
+    int exit_fd;
     pid_t pid;
     unsigned long long starttime;
     char *env[MAX_ENV];
@@ -554,6 +560,37 @@ static int open_pty(int *slave)
 
 enum { MONITOR, EXEC, DETACHED };
 
+/* The monitor's view of the first command (--exit-fd): pid 1 writes its status
+ * to status_fd; once the output settles it goes on to the daemon's exit_fd. */
+struct first {
+    int status_fd;
+    int exit_fd;
+    int code;
+    int done;
+};
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* The first command has ended: tell the daemon, then stop talking to it.  The
+ * jail's later output (daemons the command left running) is read and dropped,
+ * as jail(8)'s caller no longer reads it either. */
+static void report_first(struct first *f)
+{
+    dprintf(f->exit_fd, "%d\n", f->code);
+    close_fd(&f->exit_fd);
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull >= 0) {
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        close(devnull);
+    }
+}
+
 static int status_code(int st)
 {
     if (WIFEXITED(st))
@@ -569,7 +606,8 @@ static int status_code(int st)
  * goes away (a restart) the output is dropped, so the jail is not killed by
  * SIGPIPE.  Returns the child's exit code.
  */
-static int relay(int role, pid_t child, int sigfd, int out_src, int in_src, int in_dst)
+static int relay(int role, pid_t child, int sigfd, int out_src, int in_src, int in_dst,
+                 struct first *first)
 {
     static char obuf[65536];
     char ibuf[4096];
@@ -582,8 +620,12 @@ static int relay(int role, pid_t child, int sigfd, int out_src, int in_src, int 
     for (;;) {
         if (child_done && out_src < 0)
             break;
-        struct pollfd p[4];
-        int n = 0, i_sig = -1, i_out = -1, i_in = -1, i_dst = -1;
+        struct pollfd p[5];
+        int n = 0, i_sig = -1, i_out = -1, i_in = -1, i_dst = -1, i_first = -1;
+        if (first->status_fd >= 0) {
+            p[n] = (struct pollfd){.fd = first->status_fd, .events = POLLIN};
+            i_first = n++;
+        }
         if (sigfd >= 0) {
             p[n] = (struct pollfd){.fd = sigfd, .events = POLLIN};
             i_sig = n++;
@@ -600,17 +642,36 @@ static int relay(int role, pid_t child, int sigfd, int out_src, int in_src, int 
             i_in = n++;
         }
         int timeout = -1;
-        if (child_done && role != DETACHED) {
+        int ending = child_done && role != DETACHED;
+        if (ending || (first->done && first->exit_fd >= 0)) {
             long long now = now_ms(), until = idle_deadline < hard_deadline ? idle_deadline
                                                                               : hard_deadline;
-            if (now >= until)
+            if (now >= until && ending)
                 break;
+            if (now >= until) {
+                report_first(first);
+                out_dead = 1;
+                continue;
+            }
             timeout = (int)(until - now);
         }
         if (poll(p, (nfds_t)n, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             break;
+        }
+        if (i_first >= 0 && p[i_first].revents) {
+            char buf[32];
+            ssize_t r = read(first->status_fd, buf, sizeof buf - 1);
+            if (r > 0) {
+                buf[r] = '\0';
+                first->code = atoi(buf);
+                first->done = 1;
+                idle_deadline = now_ms() + LINGER_IDLE_MS;
+                hard_deadline = now_ms() + LINGER_MAX_MS;
+            }
+            if (r >= 0 || (errno != EAGAIN && errno != EINTR))
+                close_fd(&first->status_fd);
         }
         if (i_sig >= 0 && (p[i_sig].revents & POLLIN)) {
             struct signalfd_siginfo si;
@@ -635,6 +696,9 @@ static int relay(int role, pid_t child, int sigfd, int out_src, int in_src, int 
                     role = DETACHED;
                     child = -1;
                     child_done = 1;
+                    /* the exited copy has answered for the first command */
+                    close_fd(&first->status_fd);
+                    close_fd(&first->exit_fd);
                 }
             }
         }
@@ -804,8 +868,9 @@ static void noop_handler(int sig)
     (void)sig;
 }
 
-/* pid 1: reap everything, forward stop signals, leave when the jail is empty. */
-__attribute__((noreturn)) static void reap_forever(pid_t main_pid)
+/* pid 1: reap everything, forward stop signals, leave when the jail is empty.
+ * The first command's status also goes to `main_fd` (the monitor) at once. */
+__attribute__((noreturn)) static void reap_forever(pid_t main_pid, int main_fd)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -819,8 +884,14 @@ __attribute__((noreturn)) static void reap_forever(pid_t main_pid)
         for (;;) {
             pid_t p = waitpid(-1, &st, WNOHANG);
             if (p > 0) {
-                if (p == main_pid)
+                if (p == main_pid) {
                     main_code = status_code(st);
+                    if (main_fd >= 0) {
+                        dprintf(main_fd, "%d\n", main_code);
+                        close(main_fd);
+                        main_fd = -1;
+                    }
+                }
                 continue;
             }
             if (p == 0)
@@ -842,7 +913,8 @@ __attribute__((noreturn)) static void reap_forever(pid_t main_pid)
     }
 }
 
-__attribute__((noreturn)) static void jail_init(struct opts *o, int out_w, int pty_sock)
+__attribute__((noreturn)) static void jail_init(struct opts *o, int out_w, int pty_sock,
+                                                 int main_fd)
 {
     if (out_w >= 0) { /* the jail's output goes through the monitor's relay */
         dup2(out_w, 1);
@@ -921,13 +993,15 @@ __attribute__((noreturn)) static void jail_init(struct opts *o, int out_w, int p
         close(slave);
     close(sync_fd);
     sync_fd = -1;
-    /* stdin stays with the command; ours would only keep a pty or pipe open */
+    /* The standard fds stay with the command; ours would only keep a pty or a
+     * pipe open (with a tty, the daemon's own pipe) after the command ends. */
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (devnull >= 0) {
-        dup2(devnull, 0);
+        for (int fd = 0; fd < 3; fd++)
+            dup2(devnull, fd);
         close(devnull);
     }
-    reap_forever(main_pid);
+    reap_forever(main_pid, main_fd);
 }
 
 static pid_t clone_into_namespaces(unsigned long flags)
@@ -948,9 +1022,11 @@ static pid_t clone_into_namespaces(unsigned long flags)
 
 static int run_start(struct opts *o)
 {
-    int out[2] = {-1, -1}, sock[2] = {-1, -1};
+    int out[2] = {-1, -1}, sock[2] = {-1, -1}, main_pipe[2] = {-1, -1};
     if (!o->root || !o->hostname || !o->net || !o->user)
         fail("start needs --root, --hostname, --net and --user");
+    if (o->exit_fd >= 0 && pipe2(main_pipe, O_CLOEXEC) < 0)
+        fail("cannot create the status channel: %s", strerror(errno));
     if (o->tty ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock) < 0
                : pipe2(out, O_CLOEXEC) < 0)
         fail("cannot create the output channel: %s", strerror(errno));
@@ -966,12 +1042,18 @@ static int run_start(struct opts *o)
         fail("cannot create the jail's namespaces: %s", strerror(errno));
     if (pid == 0) {
         close(sigfd);
+        if (o->exit_fd >= 0) {
+            close(main_pipe[0]);
+            close(o->exit_fd);
+        }
         if (o->tty)
             close(sock[0]);
         else
             close(out[0]);
-        jail_init(o, out[1], sock[1]);
+        jail_init(o, out[1], sock[1], main_pipe[1]);
     }
+    if (main_pipe[1] >= 0)
+        close(main_pipe[1]);
     report("P%d", (int)pid);
     close(sync_fd);
     sync_fd = -1;
@@ -990,7 +1072,8 @@ static int run_start(struct opts *o)
         close(out[1]);
         out_src = out[0];
     }
-    return relay(MONITOR, pid, sigfd, out_src, in_src, in_dst);
+    struct first first = {.status_fd = main_pipe[0], .exit_fd = o->exit_fd};
+    return relay(MONITOR, pid, sigfd, out_src, in_src, in_dst, &first);
 }
 
 /* ------------------------------------------------------------------ entering a jail */
@@ -1080,7 +1163,8 @@ static int run_exec(struct opts *o)
         close(sock[0]);
     }
     /* Without a tty the command writes straight to our stdout: nothing to relay. */
-    return relay(EXEC, pid, sigfd, master, master >= 0 ? 0 : -1, master);
+    struct first none = {.status_fd = -1, .exit_fd = -1};
+    return relay(EXEC, pid, sigfd, master, master >= 0 ? 0 : -1, master, &none);
 }
 
 static int run_hostname(struct opts *o, const char *name)
@@ -1109,7 +1193,7 @@ static int parse_fd(const char *s)
 
 int main(int argc, char **argv)
 {
-    static struct opts o = {.sync_fd = -1, .go_fd = -1};
+    static struct opts o = {.sync_fd = -1, .go_fd = -1, .exit_fd = -1};
     if (argc < 2) {
         dprintf(2, "usage: kleened-reaper start|exec|hostname [options] -- command...\n");
         return 2;
@@ -1140,6 +1224,8 @@ int main(int argc, char **argv)
             sync_fd = o.sync_fd = parse_fd(v);
         else if (strcmp(a, "--go-fd") == 0)
             o.go_fd = parse_fd(v);
+        else if (strcmp(a, "--exit-fd") == 0)
+            o.exit_fd = parse_fd(v);
         else if (strcmp(a, "--root") == 0)
             o.root = v;
         else if (strcmp(a, "--hostname") == 0)
