@@ -39,24 +39,34 @@ async def timed(action: Callable[[], Awaitable[int]], runs: int) -> list[float]:
     return samples
 
 
+UNSHARE = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--mount-proc"]
+
+
+class Floors:
+    """The floor of a run cycle: a jail of the daemon's own kind (the C reaper as
+    pid 1 in `root`), started without API, database or storage; and the bare
+    util-linux `unshare` below it. `benchmarks/run` reuses both."""
+
+    def __init__(self, base: Path, root: Path) -> None:
+        self.root = root
+        self.jails = LinuxJails(state_dir=base / "jails", libexec_dir=base / "libexec")
+
+    async def jail_true(self, name: str = "bench") -> int:
+        spec = JailSpec(name=name, path=self.root, command=["/bin/true"])
+        process = await self.jails.start(spec)
+        return await process.wait()
+
+    async def unshare_true(self) -> int:
+        process = await spawn([*UNSHARE, f"--root={self.root}", "/bin/true"])
+        return await process.wait()
+
+
 async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kleened-bench-") as tmp:
         base = Path(tmp)
-        root = make_busybox_rootfs(base / "rootfs")
-        jails = LinuxJails(state_dir=base / "jails", libexec_dir=base / "libexec")
-
-        async def jail_true() -> int:
-            process = await jails.start(JailSpec(name="bench", path=root, command=["/bin/true"]))
-            return await process.wait()
-
-        unshare = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--mount-proc"]
-
-        async def unshare_true() -> int:
-            process = await spawn([*unshare, f"--root={root}", "/bin/true"])
-            return await process.wait()
-
-        jail = await timed(jail_true, runs)
-        bare = await timed(unshare_true, runs)
+        floors = Floors(base, make_busybox_rootfs(base / "rootfs"))
+        jail = await timed(floors.jail_true, runs)
+        bare = await timed(floors.unshare_true, runs)
     jail_ms, bare_ms = statistics.median(jail) * 1000, statistics.median(bare) * 1000
     print(f"runs per variant:            {runs}")
     print(f"LinuxJails.start + wait:     {jail_ms:.2f} ms (median)")

@@ -1,0 +1,126 @@
+"""6 and 7: container create cost against image size (ZFS and dir storage), and a
+10-step build against its RUN commands run directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from benchmarks.common import Row, median_ms, skipped, timed
+from benchmarks.context import Context
+from benchmarks.daemon import Api, cleanup_containers, start_daemon, stop_daemon
+from benchmarks.zfspool import ZfsUnavailable, zfs_pool
+
+S6, S7 = "6 create cost", "7 build"
+BUILD_STEPS = [f"seq 1 20000 > /tmp/seq{i}; wc -l /tmp/seq{i}" for i in range(10)]
+
+
+async def _create_cost(api: Api, image: str, runs: int) -> float:
+    created: list[str] = []
+
+    async def create() -> None:
+        created.append(await api.create_container(image, ["/bin/true"]))
+
+    samples = await timed(create, runs, warmup=1)
+    for cid in created:
+        await api.remove_container(cid)
+    return median_ms(samples)
+
+
+async def _sizes(ctx: Context, api: Api, storage: str, big_mb: float) -> None:
+    runs = max(10, ctx.runs // 2)
+    await api.create_image(f"{ctx.archive_url}/rootfs.tar", "small")
+    await api.create_image(f"{ctx.archive_url}/big.tar", "big")
+    small = await _create_cost(api, "small", runs)
+    big = await _create_cost(api, "big", runs)
+    target = "<=1.5x" if storage == "zfs" else ""
+    met = big <= 1.5 * small if storage == "zfs" else None
+    ctx.add(
+        Row(S6, f"create on {storage}, {big_mb:.0f} MB image", big, "ms",
+            f"create on {storage}, 2 MB image", small, target, met, runs)
+    )  # fmt: skip
+
+
+async def create_cost(ctx: Context, big_mb: float) -> None:
+    """dir storage on the suite's daemon; ZFS on a zfs-fuse pool of our own."""
+    await _sizes(ctx, ctx.api, "dir", big_mb)
+    if ctx.budget.left() < 180:
+        ctx.add(skipped(S6, "create on zfs", "out of time budget", "<=1.5x"))
+        return
+    try:
+        with zfs_pool(ctx.tmp / "zfs") as pool:
+            dataset = f"{pool.name}/bench"
+            subprocess.run([pool.zfs, "create", dataset], check=True, capture_output=True)
+            subprocess.run(
+                [pool.zfs, "create", f"{dataset}/kleene"], check=True, capture_output=True
+            )
+            daemon = start_daemon(ctx.tmp / "zfs-daemon", storage="zfs",
+                                  kleene_root=f"{dataset}/kleene")  # fmt: skip
+            api = Api(daemon.socket)
+            try:
+                await _sizes(ctx, api, "zfs", big_mb)
+            finally:
+                await cleanup_containers(api)
+                await api.close()
+                stop_daemon(daemon)
+    except ZfsUnavailable as err:
+        ctx.add(skipped(S6, "create on zfs", str(err), "<=1.5x"))
+
+
+async def _build(socket: Path, context: Path, tag: str) -> None:
+    config = {
+        "context": str(context),
+        "dockerfile": "Dockerfile",
+        "quiet": True,
+        "cleanup": True,
+        "tag": tag,
+        "buildargs": {},
+        "container_config": {"image": "base", "cmd": [], "network_driver": "host"},
+    }
+    async with websockets.unix_connect(str(socket), "ws://localhost/images/build") as ws:
+        await ws.send(json.dumps(config))
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 300)
+        except ConnectionClosed:
+            pass
+        if ws.close_code != 1000:
+            raise RuntimeError(f"build failed: {ws.close_code} {ws.close_reason}")
+
+
+def _run_directly(root: Path) -> float:
+    """Seconds for the RUN commands one after another, chrooted, no jail or daemon."""
+    begin = time.perf_counter()
+    for command in BUILD_STEPS:
+        subprocess.run(["chroot", str(root), "/bin/sh", "-c", command],
+                       check=True, capture_output=True)  # fmt: skip
+    return time.perf_counter() - begin
+
+
+async def build(ctx: Context, runs: int = 3) -> None:
+    context = ctx.tmp / "build-context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM base\n" + "".join(f"RUN {command}\n" for command in BUILD_STEPS)
+    )
+    samples = []
+    for i in range(runs):
+        begin = time.perf_counter()
+        await _build(ctx.daemon.socket, context, f"bench-build:{i}")
+        samples.append(time.perf_counter() - begin)
+    root = ctx.tmp / "direct-root"
+    shutil.copytree(ctx.busybox, root, symlinks=True)
+    direct = [await asyncio.to_thread(_run_directly, root) for _ in range(runs)]
+    shutil.rmtree(root)
+    ctx.add(
+        Row(S7, f"build of {len(BUILD_STEPS)} RUN steps (/images/build)", median_ms(samples),
+            "ms", "the RUN commands chrooted, one after another", median_ms(direct),
+            samples=runs, note="each step: exec in the build jail + a snapshot")
+    )  # fmt: skip
