@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,20 @@ def update_readme(markdown: str) -> bool:
 # ------------------------------------------------------------------ running
 
 
+def profile(directory: Path, case: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the daemon during one case: collapsed stacks, one per line."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("no py-spy: pip install py-spy to profile", file=sys.stderr)
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    argv += ["--output", str(directory / f"{case}.txt"), "--nonblocking"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the case starts
+    return process
+
+
 def _unmount_under(path: Path) -> None:
     """Last resort for a case that failed half-way: nothing stays mounted."""
     mounts = [
@@ -186,11 +201,16 @@ async def suite(args: argparse.Namespace) -> list[Row]:
                         continue
                     began = time.monotonic()
                     print(f"-- {name}", flush=True)
+                    profiler = profile(args.profile, name, ctx.pid) if args.profile else None
                     try:
                         await case(ctx)
                     except Exception as err:  # one broken case must not hide the others
                         traceback.print_exc()
                         rows.append(Row(name, "(case failed)", None, "", note=f"failed: {err}"))
+                    finally:
+                        if profiler is not None:
+                            profiler.send_signal(signal.SIGINT)
+                            profiler.wait(60)
                     print(f"   {time.monotonic() - began:.1f} s", flush=True)
                 await cleanup_containers(api)
     finally:
@@ -207,6 +227,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=480, help="seconds for the cases")
     parser.add_argument("--only", nargs="*", choices=list(cases(0)), help="run only these")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--profile", type=Path, help="write py-spy stacks of each case here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/run needs root (jails, mounts, zfs-fuse)", file=sys.stderr)

@@ -87,6 +87,9 @@ def server_for(app: object, listener: Listener, settings: Settings) -> _Server:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         ws_max_size=16 * 1024 * 1024,
+        # Compressing process output cost two thirds of the daemon's CPU when
+        # streaming (benchmarks/, row 4), for clients that are mostly local.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
     )
     if listener.tls:

@@ -280,9 +280,10 @@ class Build:
             await execs.start(self.rt, instance.id, start_container=True)
         except EngineError as err:
             raise StepFailed(f"could not run '{' '.join(command)}': {err.message}") from err
-        async for chunk in execs.output(instance):
-            if not self.config.quiet:
-                await self.emit(chunk)
+        async with contextlib.aclosing(execs.output(instance)) as output:
+            async for chunk in output:
+                if not self.config.quiet:
+                    await self.emit(chunk)
         await instance.done.wait()
         assert instance.exit_code is not None
         return instance.exit_code

@@ -310,8 +310,12 @@ async def output(instance: ExecInstance) -> AsyncIterator[bytes]:
     assert instance.process is not None
     for warning in instance.warnings:
         yield warning.encode()
-    async for chunk in instance.process.subscribe():
-        yield chunk
+    stream = instance.process.subscribe()
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:  # a reader that stops must not hold the process
+        await stream.aclose()
 
 
 # ---------------------------------------------------------------- stopping

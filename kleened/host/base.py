@@ -97,6 +97,17 @@ class Storage(Protocol):
 # --------------------------------------------------------------------------- processes
 
 
+class OutputStream(Protocol):
+    """A subscriber's view of a process's output."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None:
+        """Stop receiving; the process is no longer held for this reader."""
+
+
 @runtime_checkable
 class Process(Protocol):
     """A running host-side child whose merged stdout/stderr is fanned out.
@@ -108,8 +119,12 @@ class Process(Protocol):
 
     pid: int
 
-    def subscribe(self) -> AsyncIterator[bytes]:
-        """Output chunks from now on, ending when the process's output ends."""
+    def subscribe(self) -> OutputStream:
+        """Output chunks from now on, ending when the process's output ends.
+
+        Nothing is lost: a subscriber that falls behind holds the process
+        (bounded memory) until it catches up or closes the stream.
+        """
 
     async def write(self, data: bytes) -> None:
         """Write to stdin (or the pty). Silently ignored once the process has ended."""

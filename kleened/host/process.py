@@ -4,15 +4,16 @@
 (or, with `tty=True`, a pseudo-terminal allocated here, no helper binary) and
 returns a `SpawnedProcess`, the `host.base.Process` of both platforms.
 
-Reading never blocks the event loop (`loop.add_reader` on non-blocking fds)
-and never waits for a subscriber. Each subscriber has its own buffer of at
-most `buffer_limit` bytes; when a subscriber falls that far behind, its
-*oldest* chunks are dropped (drop-oldest), so a stalled or abandoned
-subscriber costs bounded memory and never slows the process or the others.
-A subscriber gets output from the moment it subscribes, with one exception:
-output produced before anybody subscribed is kept (same bound) and given to
+Reading never blocks the event loop (`loop.add_reader` on non-blocking fds).
+A subscriber gets every byte from the moment it subscribes: when one falls
+`buffer_limit` bytes behind, reading stops (the pipe fills and the process
+waits, as it would writing to a slow terminal) until it has caught up by
+half, so a slow client costs bounded memory and loses nothing. A subscriber
+that is closed or dropped no longer holds the process. Output produced before
+anybody subscribed is kept, drop-oldest within the same bound, and given to
 the first subscriber, because callers typically subscribe a moment after the
-start and a quick command (`echo hi`) would otherwise be lost.
+start and a quick command (`echo hi`) would otherwise be lost; a process
+nobody attaches to (a detached exec) is never held.
 
 The exit is noticed through a pidfd, so no thread waits per child and the
 child is reaped as soon as it ends.
@@ -31,7 +32,7 @@ import termios
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kleened.host.base import HostError
@@ -48,17 +49,34 @@ LINGER_MAX = 2.0
 
 
 class _Subscription:
-    """One subscriber's queue: an async iterator of output chunks."""
+    """One subscriber's queue: an async iterator of output chunks.
 
-    def __init__(self, limit: int) -> None:
+    With `on_drained` it is lossless: the fanout stops reading while it is
+    `full` and `on_drained` tells it when it has caught up. Without, it keeps
+    the newest `limit` bytes (the buffer before anybody subscribed).
+    """
+
+    def __init__(self, limit: int, on_drained: Callable[[], None] | None = None) -> None:
         self._limit = limit
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
-        self.dropped = 0  # bytes this subscriber lost by falling behind
+        self._on_drained = on_drained
+        self.dropped = 0  # bytes lost by falling behind (only without on_drained)
+
+    @property
+    def full(self) -> bool:
+        return self._on_drained is not None and self._size > self._limit
 
     def _push(self, chunk: bytes) -> None:
+        if self._ended:  # closed by its reader
+            return
+        if self._on_drained is not None:
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            self._wake()
+            return
         if len(chunk) > self._limit:
             self.dropped += len(chunk) - self._limit
             chunk = chunk[-self._limit :]
@@ -92,6 +110,8 @@ class _Subscription:
                 self._waiter = None
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
+        if self._on_drained is not None and self._size <= self._limit // 2:
+            self._on_drained()
         return chunk
 
     async def aclose(self) -> None:
@@ -99,23 +119,46 @@ class _Subscription:
         self._chunks.clear()
         self._size = 0
         self._end()
+        if self._on_drained is not None:
+            self._on_drained()
 
 
 class OutputFanout:
-    """Delivers every chunk to every live subscription, in order, never blocking."""
+    """Delivers every chunk to every live subscription, in order, never blocking.
 
-    def __init__(self, limit: int = DEFAULT_BUFFER_LIMIT) -> None:
+    `pause()` is called when a subscription falls too far behind and
+    `resume()` once none is; the owner stops and restarts reading.
+    """
+
+    def __init__(
+        self,
+        limit: int = DEFAULT_BUFFER_LIMIT,
+        *,
+        pause: Callable[[], None] = lambda: None,
+        resume: Callable[[], None] = lambda: None,
+    ) -> None:
         self._limit = limit
         self._subscriptions: weakref.WeakSet[_Subscription] = weakref.WeakSet()
         # Output from before the first subscriber, handed to that subscriber.
         self._early: _Subscription | None = _Subscription(limit)
+        self._pause, self._resume = pause, resume
+        self.paused = False
         self.ended = False
 
     def publish(self, chunk: bytes) -> None:
         if self._early is not None:
             self._early._push(chunk)
-        for sub in list(self._subscriptions):
+        subscriptions = list(self._subscriptions)
+        for sub in subscriptions:
             sub._push(chunk)
+        if not self.paused and any(sub.full for sub in subscriptions):
+            self.paused = True
+            self._pause()
+
+    def _drained(self) -> None:
+        if self.paused and not any(sub.full for sub in list(self._subscriptions)):
+            self.paused = False
+            self._resume()
 
     def end(self) -> None:
         self.ended = True
@@ -127,11 +170,14 @@ class OutputFanout:
     def subscribe(self) -> _Subscription:
         if self._early is not None:
             sub, self._early = self._early, None
+            sub._on_drained = self._drained
         else:
-            sub = _Subscription(self._limit)
+            sub = _Subscription(self._limit, self._drained)
             if self.ended:
                 sub._end()
         self._subscriptions.add(sub)
+        # a subscriber dropped without aclose() must not hold the process
+        weakref.finalize(sub, self._drained)
         return sub
 
 
@@ -160,7 +206,9 @@ class SpawnedProcess:
         self._popen = popen
         self.pid = popen.pid
         self.tty = tty
-        self._fanout = OutputFanout(buffer_limit)
+        self._fanout = OutputFanout(
+            buffer_limit, pause=self._pause_reading, resume=self._resume_reading
+        )
         self._out_fd: int | None = out_fd
         self._in_fd = in_fd
         self._write_lock = asyncio.Lock()
@@ -198,6 +246,14 @@ class SpawnedProcess:
         else:
             self._close_output()
 
+    def _pause_reading(self) -> None:
+        if self._out_fd is not None:
+            self._loop.remove_reader(self._out_fd)
+
+    def _resume_reading(self) -> None:
+        if self._out_fd is not None and not self._output_done.done():
+            self._loop.add_reader(self._out_fd, self._on_output)
+
     def _close_output(self) -> None:
         if self._out_fd is None or self._output_done.done():
             return
@@ -217,7 +273,7 @@ class SpawnedProcess:
         if self.tty:  # the master is also the input: nothing can be written any more
             self._close_input()
 
-    def subscribe(self) -> AsyncIterator[bytes]:
+    def subscribe(self) -> _Subscription:
         return self._fanout.subscribe()
 
     async def output_ended(self) -> None:
@@ -297,6 +353,12 @@ class SpawnedProcess:
         if self._output_done.done():
             return
         now = self._loop.time()
+        if self._fanout.paused:
+            # Waiting for a slow reader is not silence: the clocks stand still.
+            self._exit_time += LINGER_IDLE
+            self._last_output = now
+            self._loop.call_later(LINGER_IDLE, self._check_linger)
+            return
         quiet_at = max(self._last_output, self._exit_time) + LINGER_IDLE
         deadline = self._exit_time + LINGER_MAX
         if now >= quiet_at or now >= deadline:

@@ -81,15 +81,17 @@ class PublishedPort(Base):
     ip_address: Mapped[str] = mapped_column(String, default="")
     ip_address6: Mapped[str] = mapped_column(String, default="")
 
+    API_FIELDS = (
+        "container_port",
+        "host_port",
+        "interfaces",
+        "ip_address",
+        "ip_address6",
+        "protocol",
+    )
+
     def to_api(self) -> dict[str, Any]:
-        return {
-            "container_port": self.container_port,
-            "host_port": self.host_port,
-            "interfaces": self.interfaces,
-            "ip_address": self.ip_address,
-            "ip_address6": self.ip_address6,
-            "protocol": self.protocol,
-        }
+        return {name: getattr(self, name) for name in self.API_FIELDS}
 
 
 class Network(Base):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kleened.host.base import HostError, Process
-from kleened.host.process import SpawnedProcess, spawn
+from kleened.host.process import READ_SIZE, SpawnedProcess, spawn
 
 TIMEOUT = 20.0
 
@@ -57,20 +57,45 @@ async def test_stdout_and_stderr_are_merged() -> None:
     assert code == 0
 
 
-async def test_two_subscribers_get_everything_while_a_stalled_one_is_bounded() -> None:
+async def test_a_slow_subscriber_holds_the_process_and_loses_nothing() -> None:
     limit = 256 * 1024
     size = 8 * 1024 * 1024
     proc = await spawn(["head", "-c", str(size), "/dev/urandom"], buffer_limit=limit)
-    stalled = proc.subscribe()  # never read
-    a, b = proc.subscribe(), proc.subscribe()
-    out_a, out_b = await asyncio.gather(collect(a), collect(b))
+    slow, fast = proc.subscribe(), proc.subscribe()
+    await asyncio.sleep(0.5)
+    # nobody read `slow`: reading stopped at the limit and the writer waits
+    assert proc.returncode is None
+    assert slow._size <= limit + READ_SIZE
+    out_slow, out_fast = await asyncio.gather(collect(slow), collect(fast))
     assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
-    assert len(out_a) == size and out_a == out_b
-    # the stalled subscriber kept only the newest bytes, at most `limit` of them
-    assert stalled.dropped >= size - limit
-    kept = await collect(stalled)
+    assert len(out_slow) == size and out_slow == out_fast
+    assert slow.dropped == 0
+
+
+async def test_a_closed_or_dropped_subscriber_no_longer_holds_the_process() -> None:
+    limit = 64 * 1024
+    size = 4 * 1024 * 1024
+    proc = await spawn(["head", "-c", str(size), "/dev/zero"], buffer_limit=limit)
+    stalled = proc.subscribe()
+    await asyncio.sleep(0.3)
+    assert proc.returncode is None
+    await stalled.aclose()
+    assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+
+    proc = await spawn(["head", "-c", str(size), "/dev/zero"], buffer_limit=limit)
+    dropped = proc.subscribe()
+    await asyncio.sleep(0.3)
+    assert proc.returncode is None
+    del dropped
+    assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+
+
+async def test_output_nobody_attached_to_is_bounded_and_never_holds_the_process() -> None:
+    limit = 64 * 1024
+    proc = await spawn(["head", "-c", str(4 * 1024 * 1024), "/dev/zero"], buffer_limit=limit)
+    assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    kept = await collect(proc.subscribe())  # the newest bytes, within the bound
     assert 0 < len(kept) <= limit
-    assert out_a.endswith(kept)
 
 
 async def test_a_late_subscriber_gets_output_from_then_on() -> None:

@@ -82,9 +82,10 @@ async def _pump_input(websocket: WebSocket, instance: execs.ExecInstance) -> Non
 
 async def _pump_output(websocket: WebSocket, instance: execs.ExecInstance) -> None:
     stream = ws.TextStream()
-    async for chunk in execs.output(instance):
-        for text in stream.feed(chunk):
-            await websocket.send_text(text)
+    async with contextlib.aclosing(execs.output(instance)) as output:
+        async for chunk in output:
+            for text in stream.feed(chunk):
+                await websocket.send_text(text)
     for text in stream.flush():
         await websocket.send_text(text)
     await instance.done.wait()

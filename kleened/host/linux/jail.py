@@ -45,6 +45,7 @@ from kleened.host.base import (
     HostError,
     JailError,
     JailSpec,
+    OutputStream,
     RunningJail,
 )
 from kleened.host.linux.reaper import ensure_reaper
@@ -106,7 +107,7 @@ class FirstProcess:
             os.close(exit_fd)
         self._status.set_result(code)
 
-    def subscribe(self) -> AsyncIterator[bytes]:
+    def subscribe(self) -> OutputStream:
         return self._monitor.subscribe()
 
     async def write(self, data: bytes) -> None:
