@@ -170,7 +170,11 @@ async def _start_jail(
     network_params: list[str] = []
     before_command: BeforeCommand | None = None
     if rt.network is not None:
-        prepared = await rt.network.container_starting(container)
+        try:
+            prepared = await rt.network.container_starting(container)
+        except BaseException:  # nothing of the start may stay behind (mounts)
+            await containers.cleanup(rt, container)
+            raise
         network_params = prepared.jail_params
         warnings.extend(prepared.warnings)
         # Linux: the veth set-up runs once the jail's namespaces exist.

@@ -193,6 +193,27 @@ def port_range(value: str) -> tuple[int, int]:
     return min(low, high), max(low, high)
 
 
+def published_port_clash(
+    ports: Iterable[PublishedPortSpec], others: Mapping[str, Iterable[PublishedPortSpec]]
+) -> str | None:
+    """Why `ports` cannot be published next to the running containers' `others`
+    (container id -> ports), or None. Every published port is also redirected
+    from the host itself, so any overlap of host ports of one protocol clashes,
+    whatever the interfaces (the original published the same port twice, §9.22).
+    """
+    for port in ports:
+        low, high = port_range(port.host_port)
+        for owner, theirs in others.items():
+            for other in theirs:
+                their_low, their_high = port_range(other.host_port)
+                if other.protocol == port.protocol and low <= their_high and their_low <= high:
+                    return (
+                        f"host port {port.host_port}/{port.protocol} is already published "
+                        f"by running container {owner}"
+                    )
+    return None
+
+
 def is_offset_port(container_port: str) -> bool:
     """ "N:*": keep the offset within the host range (pf's redirection syntax)."""
     return container_port.endswith(":*")

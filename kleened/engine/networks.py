@@ -33,6 +33,7 @@ from kleened.engine.netmodel import (
     PublishedPortSpec,
     attachments,
     port_addresses,
+    published_port_clash,
 )
 from kleened.engine.runtime import Runtime
 from kleened.host.base import HostError
@@ -95,6 +96,15 @@ def network_spec(net: Network, endpoints: list[Endpoint] | tuple = ()) -> Networ
 STORAGE_ORDER = literal_column("endpoints.rowid")
 
 
+def _port_spec(port: PublishedPort) -> PublishedPortSpec:
+    return PublishedPortSpec(
+        interfaces=tuple(port.interfaces),
+        host_port=port.host_port,
+        container_port=port.container_port,
+        protocol=port.protocol,  # type: ignore[arg-type]
+    )
+
+
 class NetworkService:
     """`rt.network`: the network API's engine and the container hooks."""
 
@@ -129,14 +139,7 @@ class NetworkService:
                     port.ip_address, port.ip_address6 = ip4, ip6
         by_container: dict[str, list[PublishedPortSpec]] = {}
         for port in ports:
-            by_container.setdefault(port.container_id, []).append(
-                PublishedPortSpec(
-                    interfaces=tuple(port.interfaces),
-                    host_port=port.host_port,
-                    container_port=port.container_port,
-                    protocol=port.protocol,  # type: ignore[arg-type]
-                )
-            )
+            by_container.setdefault(port.container_id, []).append(_port_spec(port))
         running = [
             ContainerSpec(id=c.id, created=c.created, public_ports=tuple(by_container[c.id]))
             for c in containers
@@ -460,8 +463,22 @@ class NetworkService:
 
     # ------------------------------------------------------------ container hooks
 
+    async def _check_ports(self, container: Container) -> None:
+        """A host port is published by one running container at a time."""
+        async with self.rt.sessions() as session:
+            ports = list(await session.scalars(select(PublishedPort).order_by(PublishedPort.id)))
+        by_container: dict[str, list[PublishedPortSpec]] = {}
+        for port in ports:
+            if port.container_id == container.id or port.container_id in self.running:
+                by_container.setdefault(port.container_id, []).append(_port_spec(port))
+        mine = by_container.pop(container.id, [])
+        clash = published_port_clash(mine, by_container)
+        if clash is not None:
+            raise Conflict(clash)
+
     async def container_starting(self, container: Container) -> StartPlan:
         async with self.lock:
+            await self._check_ports(container)
             attached = attachments(container.id, await self._specs())
             try:
                 plan = await self.driver.prepare_start(

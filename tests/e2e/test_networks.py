@@ -11,8 +11,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import unix_connect
 
 pytestmark = pytest.mark.e2e
 ID = r"[0-9a-f]{12}"
@@ -220,6 +223,38 @@ def test_published_port_answers_on_localhost_until_stopped(clean, tmp_path):
     ok(kd.klee("container", "stop", cid))
     assert wait_for(lambda: "18080" not in nft_ruleset())
     assert http_get("http://127.0.0.1:18080/") is None
+
+
+def test_a_host_port_is_published_by_one_running_container_at_a_time(clean):
+    kd = clean
+    create_network(kd, "web", "-t", "bridge", "--subnet", "10.77.9.0/24")
+    args = ("-l", "vnet", "-n", "web", "-p", "18085:8000", "base", "sleep", "60")
+    first = run_detached(kd, *args)
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    rules_before = wait_for(lambda: "18085" in nft_ruleset() and nft_ruleset())
+    r = kd.klee("run", "-d", *args)
+    assert "error starting container" in r.stdout
+    second = re.findall(ID, r.stdout)[0]
+    # the reason, as the close message of the start says it
+    with kd.client() as client:
+        exec_id = client.post("/exec/create", json={"container_id": second}).json()["id"]
+    with unix_connect(str(kd.socket), "ws://localhost/exec/start") as ws:
+        ws.send(json.dumps({"exec_id": exec_id, "attach": True, "start_container": True}))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=30)
+    assert ws.close_code == 1011
+    assert json.loads(ws.close_reason)["message"] == (
+        f"host port 18085/tcp is already published by running container {first}"
+    )
+    # the refused start left nothing mounted and the container stopped
+    assert Path("/proc/self/mountinfo").read_text().count(second) == 0
+    assert mounts_before.count(first) == Path("/proc/self/mountinfo").read_text().count(first)
+    assert inspect_container(kd, second)["container"]["running"] is False
+    assert nft_ruleset() == rules_before
+    ok(kd.klee("container", "stop", first))
+    ok(kd.klee("container", "start", "-d", second))
+    assert inspect_container(kd, second)["container"]["running"] is True
 
 
 def test_published_port_range_and_udp(clean):

@@ -15,6 +15,7 @@ import pytest
 
 from kleened.engine.netmodel import EndpointSpec, FirewallState, NetworkSpec
 from kleened.host import cmd
+from kleened.host.linux import iproute
 from kleened.host.linux.network import LinuxNetwork
 from kleened.host.netdriver import FirewallError, NetworkHostError
 
@@ -197,3 +198,25 @@ async def test_empty_state_leaves_a_foreign_table_alone(tmp_path, nft_table):
     subprocess.run(["nft", "add", "table", "inet", "kleened"], check=True)
     await driver(tmp_path).apply_firewall(FirewallState())
     assert table() != ""
+
+
+async def test_startup_warns_when_the_uplink_cannot_forward(tmp_path):
+    # A host whose default route leaves through "uplink0" (the answer of `ip route`
+    # is scripted; everything else runs for real) and a /proc/sys of our own.
+    async def runner(argv, **kw):  # type: ignore[no-untyped-def]
+        if argv == iproute.default_route():
+            out = b'[{"dst":"default","gateway":"192.0.2.1","dev":"uplink0"}]'
+            return cmd.CommandResult(tuple(argv), 0, out, b"")
+        return await cmd.run(argv, **kw)
+
+    proc_sys = tmp_path / "sys"
+    flag = proc_sys / "net/ipv4/conf/uplink0/forwarding"
+    flag.parent.mkdir(parents=True)
+    net = LinuxNetwork(tmp_path / "net", lambda name: None, runner=runner, proc_sys=proc_sys)
+    flag.write_text("0\n")
+    [warning] = await net.startup()
+    assert "IPv4 forwarding is off on the uplink uplink0" in warning
+    assert "net.ipv4.conf.uplink0.forwarding=1" in warning
+    assert flag.read_text() == "0\n"  # the uplink is not ours: it is left alone
+    flag.write_text("1\n")
+    assert await net.startup() == []

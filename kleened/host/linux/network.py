@@ -115,8 +115,23 @@ class LinuxNetwork:
     # ------------------------------------------------------------ queries
 
     async def startup(self) -> list[str]:
-        # Forwarding is enabled per interface as they are created; nothing global.
-        return []
+        """Forwarding is enabled per interface as they are created; nothing global.
+        The uplink is the administrator's: we only say when it cannot forward."""
+        uplink = await self.host_gateway()
+        if uplink is None:
+            return []
+        path = self.proc_sys / iproute.ipv4_forwarding_path(uplink).relative_to(iproute.PROC_SYS)
+        try:
+            enabled = path.read_text().strip() == "1"
+        except OSError:
+            return []
+        if enabled:
+            return []
+        return [
+            f"IPv4 forwarding is off on the uplink {uplink}: containers' NAT traffic and "
+            f"published ports reached from other hosts will not work. Enable it with "
+            f"'sysctl -w net.ipv4.conf.{uplink}.forwarding=1'."
+        ]
 
     async def host_gateway(self) -> str | None:
         result = await self._run(iproute.default_route())
