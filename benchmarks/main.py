@@ -187,32 +187,35 @@ async def suite(args: argparse.Namespace) -> list[Row]:
         print(f"big image: {big_mb:.0f} MB in {files} files", flush=True)
         with serve(archives) as url:
             daemon = start_daemon(tmp / "daemon")
-            async with Api(daemon.socket) as api:
-                await api.create_image(f"{url}/rootfs.tar", "base")
-                ctx = Context(
-                    tmp=tmp, daemon=daemon, api=api, floors=Floors(tmp / "floors", busybox),
-                    busybox=busybox, archive_url=url, runs=args.runs, budget=budget, rows=rows,
-                )  # fmt: skip
-                for name, case in cases(big_mb).items():
-                    if args.only and name not in args.only:
-                        continue
-                    if budget.left() <= 0:
-                        rows.append(Row(name, "(all)", None, "", note="skipped: out of time"))
-                        continue
-                    began = time.monotonic()
-                    print(f"-- {name}", flush=True)
-                    profiler = profile(args.profile, name, ctx.pid) if args.profile else None
-                    try:
-                        await case(ctx)
-                    except Exception as err:  # one broken case must not hide the others
-                        traceback.print_exc()
-                        rows.append(Row(name, "(case failed)", None, "", note=f"failed: {err}"))
-                    finally:
-                        if profiler is not None:
-                            profiler.send_signal(signal.SIGINT)
-                            profiler.wait(60)
-                    print(f"   {time.monotonic() - began:.1f} s", flush=True)
-                await cleanup_containers(api)
+            api = Api(daemon.socket)
+            await api.create_image(f"{url}/rootfs.tar", "base")
+            ctx = Context(
+                tmp=tmp, daemon=daemon, api=api, floors=Floors(tmp / "floors", busybox),
+                busybox=busybox, archive_url=url, runs=args.runs, budget=budget, rows=rows,
+            )  # fmt: skip
+            for name, case in cases(big_mb).items():
+                if args.only and name not in args.only:
+                    continue
+                if budget.left() <= 0:
+                    rows.append(Row(name, "(all)", None, "", note="skipped: out of time"))
+                    continue
+                began = time.monotonic()
+                print(f"-- {name}", flush=True)
+                profiler = profile(args.profile, name, ctx.pid) if args.profile else None
+                try:
+                    await case(ctx)
+                except Exception as err:  # one broken case must not hide the others
+                    traceback.print_exc()
+                    rows.append(Row(name, "(case failed)", None, "", note=f"failed: {err}"))
+                finally:
+                    if profiler is not None:
+                        profiler.send_signal(signal.SIGINT)
+                        profiler.wait(60)
+                print(f"   {time.monotonic() - began:.1f} s", flush=True)
+            try:
+                await cleanup_containers(ctx.api)
+            finally:
+                await ctx.api.close()
     finally:
         if daemon is not None:
             stop_daemon(daemon)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,17 +141,10 @@ API_FIELDS = (
 _STORED_FIELDS = tuple(f for f in API_FIELDS if f not in ("public_ports", "running"))
 
 
-def _summary(
-    fields: Mapping[str, Any], ports: Sequence[dict[str, Any]], running: bool
-) -> dict[str, Any]:
-    item = {name: fields[name] for name in _STORED_FIELDS}
-    item.update(public_ports=list(ports), running=running)
-    return {name: item[name] for name in API_FIELDS}
-
-
 def to_api(container: Container, ports: Sequence[PublishedPort], running: bool) -> dict[str, Any]:
-    fields = {name: getattr(container, name) for name in _STORED_FIELDS}
-    return _summary(fields, [p.to_api() for p in ports], running)
+    item = {name: getattr(container, name) for name in _STORED_FIELDS}
+    item.update(public_ports=[p.to_api() for p in ports], running=running)
+    return item
 
 
 async def running_jails(rt: Runtime) -> dict[str, int]:
@@ -167,14 +160,13 @@ async def list_summaries(rt: Runtime, *, all_: bool) -> list[dict[str, Any]]:
     """
     jails = await running_jails(rt)
     table = Container.__table__.c
+    stored = len(_STORED_FIELDS)
     async with rt.sessions() as session:
-        rows = (
-            await session.execute(
-                select(*table, Image.name.label("image_name"), Image.tag.label("image_tag"))
-                .outerjoin(Image, Image.id == table.image_id)
-                .order_by(table.created.desc())
-            )
-        ).mappings()
+        rows = await session.execute(
+            select(*(table[name] for name in _STORED_FIELDS), Image.name, Image.tag)
+            .outerjoin(Image, Image.id == table.image_id)
+            .order_by(table.created.desc())
+        )
         port_rows = (
             await session.execute(select(PublishedPort.__table__).order_by(PublishedPort.id))
         ).mappings()
@@ -185,14 +177,17 @@ async def list_summaries(rt: Runtime, *, all_: bool) -> list[dict[str, Any]]:
             )
         out = []
         for row in rows:
-            running = row["id"] in jails
+            item = dict(zip(_STORED_FIELDS, row[:stored], strict=False))
+            cid = item["id"]
+            running = cid in jails
             if not all_ and not running:
                 continue
-            item = _summary(row, ports.get(row["id"], []), running)
             item.update(
-                image_name=row["image_name"] or "",
-                image_tag=row["image_tag"] or "",
-                jid=jails.get(row["id"]),
+                public_ports=ports.get(cid, []),
+                running=running,
+                image_name=row[stored] or "",
+                image_tag=row[stored + 1] or "",
+                jid=jails.get(cid),
             )
             out.append(item)
     return out

@@ -115,6 +115,7 @@ class NetworkService:
         self.running: set[str] = set()
         self.host_gateway: str | None = None
         self.firewall_error: str = ""
+        self._applied: FirewallState | None = None  # the ruleset in force, as a state
 
     # ------------------------------------------------------------ snapshots
 
@@ -151,13 +152,17 @@ class NetworkService:
         """Caller holds the lock. Raises HostFailure when the ruleset is refused
         (the live one stays in force, reference §9.2)."""
         state = await self._state(await self._specs())
+        if state == self._applied:
+            return  # e.g. a container without ports started: the rules are the same
         try:
             await self.driver.apply_firewall(state)
         except HostError as err:
             self.firewall_error = str(err)
+            self._applied = None
             log.error("firewall not updated: %s", err)
             raise HostFailure(f"could not update the firewall: {err}") from err
         self.firewall_error = ""
+        self._applied = state
 
     async def _regenerate_quietly(self) -> None:
         # Logged by _regenerate; the next change tries again.

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from kleened.host.base import HostError
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress lines
@@ -42,6 +40,9 @@ async def download(url: str, dest: Path) -> AsyncIterator[str]:
         return
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"could not fetch file from url: unsupported scheme '{parts.scheme}'")
+    # Imported here: httpx costs the idle daemon ~7 MB and is needed only now.
+    import httpx
+
     timeout = httpx.Timeout(30.0, read=60.0)
     try:
         async with (

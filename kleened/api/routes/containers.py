@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from kleened.api.schemas import (
     ContainerConfig,
@@ -35,10 +36,12 @@ async def container_create(config: ContainerConfig, request: Request) -> JSONRes
     response_model=list[ContainerSummary],
     summary="List containers, newest first (only running ones unless all=true)",
 )
-async def container_list(request: Request, all: str = Query("false")) -> JSONResponse:
+async def container_list(request: Request, all: str = Query("false")) -> Response:
     # Like the original, anything but the string "true" lists running containers only.
     rt = request.app.state.runtime
-    return JSONResponse(await containers.list_summaries(rt, all_=all == "true"))
+    # orjson: a thousand containers are encoded several times faster
+    listing = await containers.list_summaries(rt, all_=all == "true")
+    return Response(orjson.dumps(listing), media_type="application/json")
 
 
 @router.get(
