@@ -49,8 +49,25 @@ async def _sizes(ctx: Context, api: Api, storage: str, big_mb: float) -> None:
 
 
 async def create_cost(ctx: Context, big_mb: float) -> None:
-    """dir storage on the suite's daemon; ZFS on a zfs-fuse pool of our own."""
+    """dir storage on the suite's daemon; overlay and ZFS (on a zfs-fuse pool of
+    our own) on daemons of their own."""
     await _sizes(ctx, ctx.api, "dir", big_mb)
+    daemon = start_daemon(ctx.tmp / "overlay-daemon", storage="overlay")
+    api = Api(daemon.socket)
+    try:
+        await _sizes(ctx, api, "overlay", big_mb)
+        runs = ctx.runs
+        await api.create_image(f"{ctx.archive_url}/rootfs.tar", "base")
+        cycle = median_ms(await timed(lambda: api.run_cycle(["/bin/true"]), runs, warmup=2))
+        dir_cycle = next((r.value for r in ctx.rows if r.name.startswith("API run cycle (")), None)
+        ctx.add(
+            Row("1 run cycle", "API run cycle on overlay storage", cycle, "ms",
+                "the same on dir storage", dir_cycle, samples=runs)
+        )  # fmt: skip
+    finally:
+        await cleanup_containers(api)
+        await api.close()
+        stop_daemon(daemon)
     if ctx.budget.left() < 180:
         ctx.add(skipped(S6, "create on zfs", "out of time budget", "<=1.5x"))
         return

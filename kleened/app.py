@@ -68,6 +68,7 @@ async def database_path(settings: Settings, storage: Storage) -> Path:
 async def build_runtime(settings: Settings) -> Runtime:
     storage = factory.build_storage(settings)
     try:
+        await storage.open()
         await prepare_storage(settings, storage)
     except StorageError as err:
         raise HostFailure(f"could not prepare storage: {err}") from err
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             # watchers of them stop.
             await exec_engine.stop_watchers(runtime)
             await runtime.services["db_engine"].dispose()
+            await runtime.storage.close()
 
     app = FastAPI(
         title="Kleened API",

@@ -87,7 +87,7 @@ class Settings:
     api_listening_sockets: tuple[Listener, ...]
     enable_logging: bool
     log_level: str
-    storage: Literal["zfs", "dir"]
+    storage: Literal["zfs", "dir", "overlay"]
     data_root: Path
     metadata_db: Path | None  # None: derived once the storage root is known
     platform: str = field(default_factory=lambda: platform.system())
@@ -220,8 +220,10 @@ def settings_from_mapping(
         raise ConfigError(f"unknown configuration key '{sorted(unknown)[0]}'")
 
     storage = raw.get("storage", _default_storage(system))
-    if storage not in ("zfs", "dir"):
-        raise ConfigError(f"'storage' must be 'zfs' or 'dir', got {storage!r}")
+    if storage not in ("zfs", "dir", "overlay"):
+        raise ConfigError(f"'storage' must be 'zfs', 'dir' or 'overlay', got {storage!r}")
+    if storage == "overlay" and system != "Linux":
+        raise ConfigError("'storage: overlay' needs Linux (overlayfs); use 'zfs' or 'dir'")
 
     root = raw.get("kleene_root", "zroot/kleene" if storage == "zfs" else "kleene")
     if not isinstance(root, str) or not root or root.startswith("/") or ".." in root.split("/"):

@@ -9,6 +9,7 @@ id; different containers proceed in parallel.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -399,6 +400,8 @@ async def cleanup(rt: Runtime, container: Container) -> None:
     except StorageError:
         return
     for target in await rt.mounts.mounted_under(root):
+        if os.path.normpath(target) == os.path.normpath(root):
+            continue  # the dataset itself (a ZFS or overlay mount), not the jail's
         try:
             await rt.mounts.unmount(target)
         except HostError as err:

@@ -46,10 +46,17 @@ class Storage(Protocol):
 
     Dataset names are ZFS-style paths (`<kleene_root>/image/<id>`); a snapshot is
     `dataset@name`. Implementations: `host.zfs.ZfsStorage` (zfs CLI or py-libzfs)
-    and `host.dirstore.DirStorage` (plain directories, for hosts without ZFS).
+    and `host.dirstore.DirStorage` (plain directories, for hosts without ZFS),
+    with `host.overlaystore.OverlayStorage` making its clones overlayfs mounts.
     """
 
     kind: str  # "zfs" or "dir"
+
+    async def open(self) -> None:
+        """At daemon start: make every dataset reachable at its mountpoint."""
+
+    async def close(self) -> None:
+        """At daemon stop: release what `open` and clones hold on the host."""
 
     async def create(self, dataset: str) -> None:
         """Create an empty dataset (parents must exist). Error if it exists."""

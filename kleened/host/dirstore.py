@@ -46,6 +46,7 @@ from kleened.host.zfs import check_dataset, check_name, check_snapshot, in_tree
 HIDDEN = ".snapshots"
 META_FILE = ".datasets.json"
 TMP_DIR = ".tmp"
+LAYER_DIR = ".layer"  # <hidden>/<dataset>/.layer/{upper,work} of a layered clone
 COPY_TIMEOUT = 3600.0
 CP_BATCH = 256  # sources per cp invocation when some entries must be left out
 
@@ -54,6 +55,7 @@ CP_BATCH = 256  # sources per cp invocation when some entries must be left out
 class _Dataset:
     origin: str | None = None
     snapshots: list[str] = field(default_factory=list)  # short names, oldest first
+    layered: bool = False  # an overlayfs clone (OverlayStorage), not a copy
 
 
 def _split(snapshot: str) -> tuple[str, str]:
@@ -163,7 +165,9 @@ class DirStorage:
         except (OSError, ValueError) as err:
             raise StorageError(f"cannot read storage metadata: {err}") from err
         return {
-            name: _Dataset(entry.get("origin"), list(entry.get("snapshots", [])))
+            name: _Dataset(
+                entry.get("origin"), list(entry.get("snapshots", [])), bool(entry.get("layered"))
+            )
             for name, entry in raw.get("datasets", {}).items()
         }
 
@@ -172,6 +176,7 @@ class DirStorage:
             "version": 1,
             "datasets": {
                 name: {"origin": ds.origin, "snapshots": ds.snapshots}
+                | ({"layered": True} if ds.layered else {})
                 for name, ds in sorted(self._datasets.items())
             },
         }
@@ -235,7 +240,8 @@ class DirStorage:
         }
 
     def _check_not_busy(self, dataset: str, what: str) -> None:
-        mounted = mounts_under(self._path(dataset))
+        own = {os.path.realpath(self._path(name)) for name in self._layered(self._tree(dataset))}
+        mounted = [point for point in mounts_under(self._path(dataset)) if point not in own]
         if mounted:
             raise DatasetBusy(
                 f"cannot {what} '{dataset}': dataset is busy ({', '.join(mounted)} mounted)"
@@ -262,6 +268,18 @@ class DirStorage:
                 f"cannot {what} '{dataset}': {path} exists and is not an empty directory"
             )
         return path
+
+    # ----------------------------------------------------------------- layered clones
+
+    def _layered(self, names: list[str]) -> list[str]:
+        return [name for name in names if self._datasets[name].layered]
+
+    async def _detach(self, names: list[str]) -> None:
+        """Unmount the layered datasets among `names` before their directories move
+        or go (OverlayStorage; plain directories have nothing mounted)."""
+
+    async def _attach(self, names: list[str]) -> None:
+        """Mount the layered datasets among `names` again, at their current paths."""
 
     # ----------------------------------------------------------------- file operations
 
@@ -318,6 +336,12 @@ class DirStorage:
 
     # ----------------------------------------------------------------- Storage
 
+    async def open(self) -> None:
+        """Plain directories need nothing at start."""
+
+    async def close(self) -> None:
+        """Nor at stop."""
+
     async def create(self, dataset: str) -> None:
         check_dataset(dataset)
         async with self._changing("create", dataset):
@@ -343,6 +367,7 @@ class DirStorage:
                     f"cannot destroy '{dataset}': it has dependent clones: {', '.join(outside)}"
                 )
             self._check_not_busy(dataset, "destroy")
+            await self._detach(tree)
             doomed = [self._path(dataset), self._hidden / dataset]
             doomed += [self._snapshot_path(f"{dataset}@{s}") for s in entry.snapshots]
             trash = []
@@ -418,6 +443,7 @@ class DirStorage:
                     + ", ".join(blocking)
                 )
             self._check_not_busy(dataset, "rollback")
+            await self._detach([dataset])
             path = self._path(dataset)
             fresh = self._tmp()
             await self._copy_tree(self._snapshot_path(snapshot), fresh, frozenset())
@@ -435,6 +461,11 @@ class DirStorage:
                             f" of the snapshot's {path / child}: {err.strerror}"
                         ) from err
             trash = [old]
+            if entry.layered:  # now a plain copy of the snapshot: the layers go
+                entry.layered = False
+                if os.path.lexists(self._hidden / dataset / LAYER_DIR):
+                    trash.append(self._tmp())
+                    os.rename(self._hidden / dataset / LAYER_DIR, trash[-1])
             for s in newer:
                 if os.path.lexists(self._snapshot_path(f"{dataset}@{s}")):
                     trash.append(self._tmp())
@@ -453,6 +484,7 @@ class DirStorage:
             path = self._check_new(target, "rename to")
             self._check_not_busy(source, "rename")
             tree = self._tree(source)
+            await self._detach(tree)
             if path.exists():  # an adopted empty directory
                 path.rmdir()
             self._move(self._path(source), path)
@@ -474,6 +506,7 @@ class DirStorage:
                     origin_ds, snap = _split(entry.origin)
                     entry.origin = f"{renamed(origin_ds)}@{snap}"
             self._save()
+            await self._attach([renamed(name) for name in tree])
 
     async def exists(self, dataset_or_snapshot: str) -> bool:
         dataset, _, name = check_name(dataset_or_snapshot).partition("@")

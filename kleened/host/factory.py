@@ -15,6 +15,10 @@ def build_storage(settings: Settings) -> Storage:
         from kleened.host.zfs import ZfsStorage
 
         return ZfsStorage()
+    if settings.storage == "overlay":
+        from kleened.host.overlaystore import OverlayStorage
+
+        return OverlayStorage(settings.dir_storage_base)
     from kleened.host.dirstore import DirStorage
 
     return DirStorage(settings.dir_storage_base)

@@ -519,6 +519,12 @@ class ZfsStorage:
 
     kind = "zfs"
 
+    async def open(self) -> None:
+        """ZFS mounts its datasets itself."""
+
+    async def close(self) -> None:
+        """Nothing to release: the datasets stay mounted, as with ZFS on boot."""
+
     def __init__(
         self,
         zfs: str | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import pytest
 
 from kleened.host import cmd
 from kleened.host.base import DatasetBusy, Storage, StorageError
-from kleened.host.dirstore import DirStorage
+from kleened.host.dirstore import DirStorage, mounts_under
+from kleened.host.overlaystore import OverlayStorage
 from kleened.host.zfs import ZfsStorage
 
 
@@ -49,17 +50,24 @@ def recording(commands: list[tuple[str, ...]]) -> cmd.Runner:
     return run
 
 
-@pytest.fixture(params=["dir", pytest.param("zfs", marks=pytest.mark.zfs)])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Subject:
+@pytest.fixture(params=["dir", "overlay", pytest.param("zfs", marks=pytest.mark.zfs)])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     commands: list[tuple[str, ...]] = []
-    if request.param == "dir":
+    if request.param in ("dir", "overlay"):
+        kind = DirStorage if request.param == "dir" else OverlayStorage
         base = tmp_path / "datasets"
-        dir_storage = DirStorage(base, runner=recording(commands))
+        dir_storage = kind(base, runner=recording(commands))
+        await dir_storage.open()
         await dir_storage.create("kltest")
-        return Subject(dir_storage, "kltest", lambda: DirStorage(base), commands)
+        yield Subject(dir_storage, "kltest", lambda: kind(base), commands)
+        # what a daemon's stop does: no clone stays mounted (read afresh, as
+        # a test may have changed the datasets through a reopened object)
+        await kind(base).close()
+        assert not mounts_under(base)
+        return
     root = request.getfixturevalue("zfs_root")
     zfs_storage = ZfsStorage(root.pool.zfs, runner=recording(commands), backend="cli")
-    return Subject(
+    yield Subject(
         zfs_storage, root.dataset, lambda: ZfsStorage(root.pool.zfs, backend="cli"), commands
     )
 

@@ -148,3 +148,9 @@ def test_file_errors(tmp_path):
         load_settings(str(notmap))
     with pytest.raises(ConfigError, match="cannot read configuration file"):
         load_settings(str(tmp_path / "absent.yaml"))
+
+
+def test_overlay_storage_is_linux_only():
+    assert settings_from_mapping({"storage": "overlay"}, system="Linux").storage == "overlay"
+    with pytest.raises(ConfigError, match="'storage: overlay' needs Linux"):
+        settings_from_mapping({"storage": "overlay"}, system="FreeBSD")
