@@ -181,6 +181,19 @@ def test_zfs_copy_clone_and_build(daemon_factory, zfs_root, busybox_tree, tmp_pa
 
         out = daemon.klee("run", "copied", "cat", "/etc/hostname").stdout
         assert "busybox" in out
+        # the container has stopped; its dataset stays mounted (only the jail's
+        # own mounts inside it are undone)
+        cid = re.findall(ID, out)[0]
+        mounted = zfs(
+            pool,
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mounted",
+            f"{zfs_root.dataset}/kleene/container/{cid}",
+        )
+        assert mounted.stdout.strip() == "yes", mounted
         ctx = tmp_path / "ctx"
         ctx.mkdir()
         (ctx / "Dockerfile").write_text("FROM cloned\nRUN echo built > /built\nCMD cat /built\n")
