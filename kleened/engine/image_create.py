@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,20 +96,41 @@ async def _from_archive(
             await rt.storage.create(dataset)
         except StorageError as err:
             raise CreateFailed(f"error creating dataset {dataset}: {err}") from err
-        try:
-            root = await rt.storage.mountpoint(dataset)
+
+        async def unpack(root: Path) -> AsyncIterator[str]:
             async for line in fetch.extract(archive, root):
                 yield line
             yield "Succesfully extracted binaries, creating image...\n"
-            async for line in _finish_tree(rt, config, root):
-                yield line
-            out.image = await images.finish(rt, image_id, dataset, nametag)
-        except BaseException:
-            with contextlib.suppress(StorageError):
-                await rt.storage.destroy(dataset)
-            raise
+
+        async for line in _complete(rt, config, dataset, image_id, nametag, out, unpack):
+            yield line
     finally:
         archive.unlink(missing_ok=True)
+
+
+async def _complete(
+    rt: Runtime,
+    config: ImageCreateConfig,
+    dataset: str,
+    image_id: str,
+    nametag: str,
+    out: Created,
+    fill: Callable[[Path], AsyncIterator[str]] | None = None,
+) -> AsyncIterator[str]:
+    """Fill the new dataset, finish its tree and store the image record; on any
+    failure (or a client leaving) the dataset goes, so no half image stays."""
+    try:
+        root = await rt.storage.mountpoint(dataset)
+        if fill is not None:
+            async for line in fill(root):
+                yield line
+        async for line in _finish_tree(rt, config, root):
+            yield line
+        out.image = await images.finish(rt, image_id, dataset, nametag)
+    except BaseException:
+        with contextlib.suppress(StorageError):
+            await rt.storage.destroy(dataset)
+        raise
 
 
 async def _from_dataset(
@@ -140,15 +161,8 @@ async def _from_dataset(
                 await rt.storage.clone(snapshot, dataset)
             except StorageError as err:
                 raise CreateFailed(f"error cloning image dataset: {err}") from err
-        try:
-            root = await rt.storage.mountpoint(dataset)
-            async for line in _finish_tree(rt, config, root):
-                yield line
-            out.image = await images.finish(rt, image_id, dataset, nametag)
-        except BaseException:
-            with contextlib.suppress(StorageError):
-                await rt.storage.destroy(dataset)
-            raise
+        async for line in _complete(rt, config, dataset, image_id, nametag, out):
+            yield line
         # A clone's origin must stay (it is destroyed with the image); a copy's
         # transfer snapshot is not needed any more.
         keep_snapshot = config.method == "zfs-clone"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kleened.engine import ipam, resolve
 from kleened.engine.errors import Conflict, HostFailure, NotFound
@@ -103,6 +104,18 @@ def _port_spec(port: PublishedPort) -> PublishedPortSpec:
         container_port=port.container_port,
         protocol=port.protocol,  # type: ignore[arg-type]
     )
+
+
+async def _container_and_network(
+    session: AsyncSession, container_ident: str, network_ident: str
+) -> tuple[Container, Network]:
+    container = await resolve.find_container(session, container_ident)
+    if container is None:
+        raise NotFound("container not found")  # [exact]
+    net = await resolve.find_network(session, network_ident)
+    if net is None:
+        raise NotFound("network not found")  # [exact]
+    return container, net
 
 
 class NetworkService:
@@ -364,12 +377,9 @@ class NetworkService:
         """Reference §2.1's processing order and matrix, §4 for running containers."""
         async with self.lock:
             async with self.rt.sessions() as session:
-                container = await resolve.find_container(session, container_ident)
-                if container is None:
-                    raise NotFound("container not found")  # [exact]
-                net = await resolve.find_network(session, network_ident)
-                if net is None:
-                    raise NotFound("network not found")  # [exact]
+                container, net = await _container_and_network(
+                    session, container_ident, network_ident
+                )
                 if await session.scalar(
                     select(Endpoint.id).where(
                         Endpoint.container_id == container.id, Endpoint.network_id == net.id
@@ -423,12 +433,9 @@ class NetworkService:
         """Reference §4; every failure is reported as not-found (klee crashes on 409)."""
         async with self.lock:
             async with self.rt.sessions() as session:
-                container = await resolve.find_container(session, container_ident)
-                if container is None:
-                    raise NotFound("container not found")  # [exact]
-                net = await resolve.find_network(session, network_ident)
-                if net is None:
-                    raise NotFound("network not found")  # [exact]
+                container, net = await _container_and_network(
+                    session, container_ident, network_ident
+                )
                 ep = await session.scalar(
                     select(Endpoint).where(
                         Endpoint.container_id == container.id, Endpoint.network_id == net.id

@@ -302,14 +302,18 @@ class DirStorage:
             await self._remove(target)
             raise
 
+    async def _must(self, argv: list[str], *, timeout: float, failure: str) -> None:
+        """Run a host command; its failure is a StorageError that starts with `failure`."""
+        try:
+            result = await self._runner(argv, timeout=timeout)
+        except cmd.CommandError as err:
+            raise StorageError(f"{failure}: {err}") from err
+        if not result.ok:
+            raise StorageError(f"{failure}: {cmd.failure_message(result)}")
+
     async def _cp_run(self, args: list[str]) -> None:
         argv = [self._cp, "-a", "--reflink=auto", *args]
-        try:
-            result = await self._runner(argv, timeout=COPY_TIMEOUT)
-        except cmd.CommandError as err:
-            raise StorageError(f"copy failed: {err}") from err
-        if not result.ok:
-            raise StorageError(f"copy failed: {cmd.failure_message(result)}")
+        await self._must(argv, timeout=COPY_TIMEOUT, failure="copy failed")
 
     async def _remove(self, *paths: Path) -> None:
         """Delete trees: first moved into .tmp (instant, atomic), then removed."""

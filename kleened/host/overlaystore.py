@@ -23,7 +23,6 @@ import asyncio
 import os
 from pathlib import Path
 
-from kleened.host import cmd
 from kleened.host.base import StorageError
 from kleened.host.dirstore import LAYER_DIR, DirStorage, _Dataset, _split, disk_usage, mounts_under
 from kleened.host.zfs import check_dataset, check_snapshot
@@ -47,13 +46,9 @@ class OverlayStorage(DirStorage):
         options = f"lowerdir={lower},upperdir={upper},workdir={work}"
         return ["mount", "-t", "overlay", "overlay", "-o", options, str(self._path(dataset))]
 
-    async def _must(self, argv: list[str], what: str) -> None:
-        try:
-            result = await self._runner(argv, timeout=MOUNT_TIMEOUT)
-        except cmd.CommandError as err:
-            raise StorageError(f"cannot {what}: {err}") from err
-        if not result.ok:
-            raise StorageError(f"cannot {what}: {cmd.failure_message(result)}")
+    async def _unmount(self, name: str) -> None:
+        argv = ["umount", str(self._path(name))]
+        await self._must(argv, timeout=MOUNT_TIMEOUT, failure=f"cannot unmount '{name}'")
 
     def _is_mounted(self, dataset: str) -> bool:
         return os.path.realpath(self._path(dataset)) in mounts_under(self._path(dataset))
@@ -61,13 +56,14 @@ class OverlayStorage(DirStorage):
     async def _attach(self, names: list[str]) -> None:
         for name in self._layered(names):
             if not self._is_mounted(name):
-                await self._must(self._mount_argv(name), f"mount '{name}'")
+                failure = f"cannot mount '{name}'"
+                await self._must(self._mount_argv(name), timeout=MOUNT_TIMEOUT, failure=failure)
 
     async def _detach(self, names: list[str]) -> None:
         # deepest first: a layered child is mounted inside its parent
         for name in sorted(self._layered(names), key=len, reverse=True):
             if self._is_mounted(name):
-                await self._must(["umount", str(self._path(name))], f"unmount '{name}'")
+                await self._unmount(name)
 
     # ----------------------------------------------------------------- Storage
 
@@ -117,6 +113,6 @@ class OverlayStorage(DirStorage):
                 nested = [p for p in mounts_under(self._path(name)) if p != own]
                 if not nested and self._is_mounted(name):
                     try:
-                        await self._must(["umount", str(self._path(name))], f"unmount '{name}'")
+                        await self._unmount(name)
                     except StorageError:
                         continue  # busy: it stays, and open() finds it mounted
