@@ -201,23 +201,31 @@ async def _rate(worker_count: int, seconds: float, make_worker) -> float:  # typ
     return done / (time.monotonic() - begin)
 
 
-async def throughput(ctx: Context, windows: int = 3, seconds: float = 4.0) -> None:
-    clients = [Api(ctx.daemon.socket) for _ in range(CLIENTS)]
+async def api_rates(socket: Path, windows: int, seconds: float) -> list[float]:
+    """Run cycles per second of CLIENTS parallel API clients, per window."""
+    clients = [Api(socket) for _ in range(CLIENTS)]
     try:
 
         async def api_worker(i: int):  # type: ignore[no-untyped-def]
             return lambda: clients[i].run_cycle(["/bin/true"])
 
-        async def floor_worker(i: int):  # type: ignore[no-untyped-def]
-            return lambda: ctx.floors.jail_true(f"tp{os.getpid()}-{i}")
-
         await _rate(CLIENTS, 1.0, api_worker)  # warm-up: connections, caches
-        api = [await _rate(CLIENTS, seconds, api_worker) for _ in range(windows)]
-        await ctx.api.prune()
-        floor = [await _rate(CLIENTS, seconds, floor_worker) for _ in range(windows)]
+        return [await _rate(CLIENTS, seconds, api_worker) for _ in range(windows)]
     finally:
         for client in clients:
             await client.close()
+
+
+async def throughput(ctx: Context, windows: int = 3, seconds: float = 4.0) -> None:
+    try:
+        api = await api_rates(ctx.daemon.socket, windows, seconds)
+        await ctx.api.prune()
+
+        async def floor_worker(i: int):  # type: ignore[no-untyped-def]
+            return lambda: ctx.floors.jail_true(f"tp{os.getpid()}-{i}")
+
+        floor = [await _rate(CLIENTS, seconds, floor_worker) for _ in range(windows)]
+    finally:
         await ctx.api.prune()
     value = statistics.median(api)
     ctx.add(

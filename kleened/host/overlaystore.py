@@ -20,12 +20,15 @@ in its options (a `,` or `:`) gets a plain copy instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
 from kleened.host.base import StorageError
 from kleened.host.dirstore import LAYER_DIR, DirStorage, _Dataset, _split, disk_usage, mounts_under
 from kleened.host.zfs import check_dataset, check_snapshot
+
+log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 30.0
 UNSAFE_IN_OPTIONS = (",", ":", "\\")
@@ -101,9 +104,14 @@ class OverlayStorage(DirStorage):
         return await asyncio.to_thread(disk_usage, upper, self._child_names(dataset))
 
     async def open(self) -> None:
-        """Mount every layered dataset (after a reboot, or a daemon that was killed)."""
+        """Mount every layered dataset (after a reboot, or a daemon that was killed).
+        One that cannot be mounted is logged and left: the others still serve."""
         async with self._lock:
-            await self._attach(sorted(self._datasets))
+            for name in sorted(self._layered(sorted(self._datasets)), key=len):
+                try:
+                    await self._attach([name])
+                except StorageError as err:
+                    log.error("%s", err)
 
     async def close(self) -> None:
         """Unmount the layered datasets nothing else is mounted on (shutdown)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from kleened.host.base import HostError
 
-DEFAULT_BUFFER_LIMIT = 1 << 20  # bytes held per subscriber before the oldest are dropped
+DEFAULT_BUFFER_LIMIT = 1 << 20  # how far a subscriber may fall behind before reading pauses
 READ_SIZE = 65536
 EOF_CHAR = b"\x04"  # what closing stdin means on a terminal (VEOF, ^D)
 # After the child exits, its output is read until EOF, or until it has been idle

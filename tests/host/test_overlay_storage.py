@@ -4,6 +4,7 @@ test_storage_contract.py): clones are overlayfs mounts, not copies."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -99,3 +100,22 @@ async def test_a_failed_mount_leaves_no_dataset(store: OverlayStorage) -> None:
     assert not (store.base / "k/container/x").exists()
     assert not (store.base / ".snapshots" / "k/container/x").exists()
     assert not await OverlayStorage(store.base).exists("k/container/x")
+
+
+async def test_a_clone_that_cannot_be_mounted_does_not_stop_the_others(
+    store: OverlayStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.snapshot("k/image/base@second")
+    await store.clone("k/image/base@image", "k/container/good")
+    await store.clone("k/image/base@second", "k/container/bad")
+    await store.close()
+    shutil.rmtree(store.base / ".snapshots" / "k/image/base@second")  # its lower layer is gone
+    again = OverlayStorage(store.base)
+    await again.open()  # a daemon must still start
+    good, bad = (
+        await again.mountpoint("k/container/good"),
+        await again.mountpoint("k/container/bad"),
+    )
+    assert (good / "etc/motd").read_text() == "image\n"
+    assert str(bad) not in mounts_under(bad)
+    assert "cannot mount 'k/container/bad'" in caplog.text
