@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 
 from kleened.host.base import StorageError
-from kleened.host.dirstore import LAYER_DIR, DirStorage, _Dataset, _split, disk_usage, mounts_under
+from kleened.host.dirstore import LAYER_DIR, DirStorage, _Dataset, _split, disk_usage
+from kleened.host.mountinfo import mounts_under
 from kleened.host.zfs import check_dataset, check_snapshot
 
 log = logging.getLogger(__name__)

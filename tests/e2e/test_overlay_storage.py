@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kleened.host.dirstore import mounts_under
+from kleened.host.mountinfo import mounts_under
 
 pytestmark = pytest.mark.e2e
 ID = r"[0-9a-f]{12}"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kleened.host.base import MountError, Mounts
-from kleened.host.linux.mount import LinuxMounts, unescape
+from kleened.host.linux.mount import LinuxMounts
+from kleened.host.mountinfo import unescape
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0, reason="bind mounts need root on Linux"

@@ -12,7 +12,8 @@ import pytest
 
 from kleened.host import cmd
 from kleened.host.base import StorageError
-from kleened.host.dirstore import disk_usage, mounts_under
+from kleened.host.dirstore import disk_usage
+from kleened.host.mountinfo import mounts_under
 from kleened.host.overlaystore import OverlayStorage
 
 

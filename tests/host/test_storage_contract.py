@@ -20,7 +20,8 @@ import pytest
 
 from kleened.host import cmd
 from kleened.host.base import DatasetBusy, Storage, StorageError
-from kleened.host.dirstore import DirStorage, mounts_under
+from kleened.host.dirstore import DirStorage
+from kleened.host.mountinfo import mounts_under
 from kleened.host.overlaystore import OverlayStorage
 from kleened.host.zfs import ZfsStorage
 

@@ -11,30 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import stat
 from pathlib import Path
 
+from kleened.host import mountinfo
 from kleened.host.base import MountError
 
 MOUNT_TIMEOUT = 30.0
-MOUNTINFO = Path("/proc/self/mountinfo")
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as `\\040` style escapes."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_points() -> list[Path]:
-    """Every mount point of this mount namespace, in mount order."""
-    points = []
-    for line in MOUNTINFO.read_text().splitlines():
-        fields = line.split(" ")
-        if len(fields) > 4:
-            points.append(Path(unescape(fields[4])))
-    return points
 
 
 def _normalise(path: Path) -> Path:
@@ -100,15 +83,13 @@ class LinuxMounts:
         await _run(["umount", "--", str(_normalise(target))])
 
     async def is_mounted(self, target: Path) -> bool:
-        return _normalise(target) in mount_points()
+        return str(_normalise(target)) in mountinfo.mount_points()
 
     async def mounted_under(self, root: Path) -> list[Path]:
         """Deepest first; a point mounted twice appears twice (the later one first)."""
-        top = _normalise(root)
         found = [
-            (len(point.parts), index, point)
-            for index, point in enumerate(mount_points())
-            if point == top or point.is_relative_to(top)
+            (point.count("/"), index, point)
+            for index, point in enumerate(mountinfo.points_under(str(_normalise(root))))
         ]
         found.sort(reverse=True)
-        return [point for _, _, point in found]
+        return [Path(point) for _, _, point in found]
