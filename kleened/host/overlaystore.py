@@ -57,11 +57,14 @@ class OverlayStorage(DirStorage):
     def _is_mounted(self, dataset: str) -> bool:
         return os.path.realpath(self._path(dataset)) in mounts_under(self._path(dataset))
 
+    async def _mount(self, name: str) -> None:
+        failure = f"cannot mount '{name}'"
+        await self._must(self._mount_argv(name), timeout=MOUNT_TIMEOUT, failure=failure)
+
     async def _attach(self, names: list[str]) -> None:
         for name in self._layered(names):
             if not self._is_mounted(name):
-                failure = f"cannot mount '{name}'"
-                await self._must(self._mount_argv(name), timeout=MOUNT_TIMEOUT, failure=failure)
+                await self._mount(name)
 
     async def _detach(self, names: list[str]) -> None:
         # deepest first: a layered child is mounted inside its parent
@@ -89,7 +92,7 @@ class OverlayStorage(DirStorage):
             path.mkdir(mode=0o755, exist_ok=True)
             self._datasets[target] = _Dataset(origin=snapshot, layered=True)
             try:
-                await self._attach([target])
+                await self._mount(target)  # a new, empty directory: nothing is there yet
             except BaseException:
                 del self._datasets[target]
                 await self._remove(self._hidden / target)
