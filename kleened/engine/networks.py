@@ -143,7 +143,6 @@ class NetworkService:
 
     async def _state(self, specs: list[NetworkSpec]) -> FirewallState:
         async with self.rt.sessions() as session, session.begin():
-            containers = list(await session.scalars(select(Container).order_by(Container.created)))
             ports = list(await session.scalars(select(PublishedPort).order_by(PublishedPort.id)))
             # Resolved addresses are kept with the ports, not the containers
             # (reference §9.6), and cleared when they no longer resolve (§9.4).
@@ -151,13 +150,22 @@ class NetworkService:
                 ip4, ip6 = port_addresses(port.container_id, specs)
                 if (port.ip_address, port.ip_address6) != (ip4, ip6):
                     port.ip_address, port.ip_address6 = ip4, ip6
-        by_container: dict[str, list[PublishedPortSpec]] = {}
-        for port in ports:
-            by_container.setdefault(port.container_id, []).append(_port_spec(port))
+            by_container: dict[str, list[PublishedPortSpec]] = {}
+            for port in ports:
+                by_container.setdefault(port.container_id, []).append(_port_spec(port))
+            # Only running containers with ports are in the rules: load just
+            # those (this runs on every container start and stop).
+            publishing = sorted(self.running & by_container.keys())
+            rows = (
+                await session.execute(
+                    select(Container.id, Container.created)
+                    .where(Container.id.in_(publishing))
+                    .order_by(Container.created)
+                )
+            ).all()
         running = [
-            ContainerSpec(id=c.id, created=c.created, public_ports=tuple(by_container[c.id]))
-            for c in containers
-            if c.id in self.running and c.id in by_container
+            ContainerSpec(id=cid, created=created, public_ports=tuple(by_container[cid]))
+            for cid, created in rows
         ]
         return FirewallState(tuple(specs), tuple(running), self.host_gateway)
 
