@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
-
-import websockets
-from websockets.exceptions import ConnectionClosed
 
 from benchmarks.cases_run import CLIENTS, api_rates
 from benchmarks.common import Row, median_ms, skipped, timed
@@ -101,27 +97,6 @@ async def create_cost(ctx: Context, big_mb: float) -> None:
         ctx.add(skipped(S6, "create on zfs", str(err), "<=1.5x"))
 
 
-async def _build(socket: Path, context: Path, tag: str) -> None:
-    config = {
-        "context": str(context),
-        "dockerfile": "Dockerfile",
-        "quiet": True,
-        "cleanup": True,
-        "tag": tag,
-        "buildargs": {},
-        "container_config": {"image": "base", "cmd": [], "network_driver": "host"},
-    }
-    async with websockets.unix_connect(str(socket), "ws://localhost/images/build") as ws:
-        await ws.send(json.dumps(config))
-        try:
-            while True:
-                await asyncio.wait_for(ws.recv(), 300)
-        except ConnectionClosed:
-            pass
-        if ws.close_code != 1000:
-            raise RuntimeError(f"build failed: {ws.close_code} {ws.close_reason}")
-
-
 def _run_directly(root: Path) -> float:
     """Seconds for the RUN commands one after another, chrooted, no jail or daemon."""
     begin = time.perf_counter()
@@ -140,7 +115,7 @@ async def build(ctx: Context, runs: int = 3) -> None:
     samples = []
     for i in range(runs):
         begin = time.perf_counter()
-        await _build(ctx.daemon.socket, context, f"bench-build:{i}")
+        await ctx.api.build(context, f"bench-build:{i}")
         samples.append(time.perf_counter() - begin)
     root = ctx.tmp / "direct-root"
     shutil.copytree(ctx.busybox, root, symlinks=True)

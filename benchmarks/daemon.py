@@ -165,11 +165,10 @@ class Api:
     async def images(self) -> list[dict[str, Any]]:
         return await self._json("GET", "/images/list")
 
-    async def create_image(self, url: str, tag: str) -> str:
-        """/images/create with `fetch`; returns the new image's id."""
-        config = {"method": "fetch", "url": url, "tag": tag, "dns": False, "localtime": False}
+    async def _image_session(self, path: str, config: dict[str, Any], what: str) -> None:
+        """Send an image WebSocket's config, read its frames; it must close with 1000."""
         async with websockets.unix_connect(
-            str(self.socket), "ws://localhost/images/create", max_size=2**22
+            str(self.socket), f"ws://localhost{path}", max_size=2**22
         ) as ws:
             await ws.send(json.dumps(config))
             try:
@@ -178,7 +177,25 @@ class Api:
             except ConnectionClosed:
                 pass
             if ws.close_code != 1000:
-                raise RuntimeError(f"image create failed: {ws.close_code} {ws.close_reason}")
+                raise RuntimeError(f"{what} failed: {ws.close_code} {ws.close_reason}")
+
+    async def build(self, context: Path, tag: str) -> None:
+        """/images/build of `context`'s Dockerfile from `base`, quietly."""
+        config = {
+            "context": str(context),
+            "dockerfile": "Dockerfile",
+            "quiet": True,
+            "cleanup": True,
+            "tag": tag,
+            "buildargs": {},
+            "container_config": {"image": "base", "cmd": [], "network_driver": "host"},
+        }
+        await self._image_session("/images/build", config, "build")
+
+    async def create_image(self, url: str, tag: str) -> str:
+        """/images/create with `fetch`; returns the new image's id."""
+        config = {"method": "fetch", "url": url, "tag": tag, "dns": False, "localtime": False}
+        await self._image_session("/images/create", config, "image create")
         name = tag.split(":")[0]
         for image in await self.images():
             if image["name"] == name:

@@ -122,8 +122,8 @@ def effective_user(exec_user: str, container: Container) -> str:
 # ---------------------------------------------------------------- reading
 
 
-# The fields of a container as the API shows them, in the reference's order.
-API_FIELDS = (
+# A container's fields as the API shows them, besides `public_ports` and `running`.
+_STORED_FIELDS = (
     "cmd",
     "created",
     "dataset",
@@ -134,12 +134,9 @@ API_FIELDS = (
     "name",
     "network_driver",
     "persist",
-    "public_ports",
     "restart_policy",
-    "running",
     "user",
 )
-_STORED_FIELDS = tuple(f for f in API_FIELDS if f not in ("public_ports", "running"))
 
 
 def to_api(container: Container, ports: Sequence[PublishedPort], running: bool) -> dict[str, Any]:

@@ -97,13 +97,18 @@ def network_spec(net: Network, endpoints: list[Endpoint] | tuple = ()) -> Networ
 STORAGE_ORDER = literal_column("endpoints.rowid")
 
 
-def _port_spec(port: PublishedPort) -> PublishedPortSpec:
-    return PublishedPortSpec(
-        interfaces=tuple(port.interfaces),
-        host_port=port.host_port,
-        container_port=port.container_port,
-        protocol=port.protocol,  # type: ignore[arg-type]
-    )
+def _ports_by_container(ports: list[PublishedPort]) -> dict[str, list[PublishedPortSpec]]:
+    grouped: dict[str, list[PublishedPortSpec]] = {}
+    for port in ports:
+        grouped.setdefault(port.container_id, []).append(
+            PublishedPortSpec(
+                interfaces=tuple(port.interfaces),
+                host_port=port.host_port,
+                container_port=port.container_port,
+                protocol=port.protocol,  # type: ignore[arg-type]
+            )
+        )
+    return grouped
 
 
 async def _container_and_network(
@@ -150,9 +155,7 @@ class NetworkService:
                 ip4, ip6 = port_addresses(port.container_id, specs)
                 if (port.ip_address, port.ip_address6) != (ip4, ip6):
                     port.ip_address, port.ip_address6 = ip4, ip6
-            by_container: dict[str, list[PublishedPortSpec]] = {}
-            for port in ports:
-                by_container.setdefault(port.container_id, []).append(_port_spec(port))
+            by_container = _ports_by_container(ports)
             # Only running containers with ports are in the rules: load just
             # those (this runs on every container start and stop).
             publishing = sorted(self.running & by_container.keys())
@@ -487,12 +490,10 @@ class NetworkService:
         """A host port is published by one running container at a time."""
         async with self.rt.sessions() as session:
             ports = list(await session.scalars(select(PublishedPort).order_by(PublishedPort.id)))
-        by_container: dict[str, list[PublishedPortSpec]] = {}
-        for port in ports:
-            if port.container_id == container.id or port.container_id in self.running:
-                by_container.setdefault(port.container_id, []).append(_port_spec(port))
+        by_container = _ports_by_container(ports)
         mine = by_container.pop(container.id, [])
-        clash = published_port_clash(mine, by_container)
+        running = {cid: specs for cid, specs in by_container.items() if cid in self.running}
+        clash = published_port_clash(mine, running)
         if clash is not None:
             raise Conflict(clash)
 

@@ -122,8 +122,9 @@ class OverlayStorage(DirStorage):
         async with self._lock:
             for name in sorted(self._layered(sorted(self._datasets)), key=len, reverse=True):
                 own = os.path.realpath(self._path(name))
-                nested = [p for p in mounts_under(self._path(name)) if p != own]
-                if not nested and self._is_mounted(name):
+                points = mounts_under(self._path(name))
+                # mounted, and nothing mounted inside it
+                if own in points and all(point == own for point in points):
                     try:
                         await self._unmount(name)
                     except StorageError:

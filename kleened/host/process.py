@@ -229,12 +229,16 @@ class SpawnedProcess:
     # ----------------------------------------------------------------- output
 
     def _on_output(self) -> None:
+        self._read_once()
+
+    def _read_once(self) -> bool:
+        """One read of the output: published, or the end noticed. True if data came."""
         if self._out_fd is None or self._output_done.done():
-            return
+            return False
         try:
             data = os.read(self._out_fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as err:
             # EIO from a pty master: every slave is closed, the output has ended.
             if err.errno != errno.EIO:
@@ -243,8 +247,9 @@ class SpawnedProcess:
         if data:
             self._last_output = self._loop.time()
             self._fanout.publish(data)
-        else:
-            self._close_output()
+            return True
+        self._close_output()
+        return False
 
     def _pause_reading(self) -> None:
         if self._out_fd is not None:
@@ -371,15 +376,8 @@ class SpawnedProcess:
         """Publish what is already in the pipe (a bounded amount: a background
         writer may keep it full) before it is closed."""
         for _ in range(16):
-            if self._out_fd is None or self._output_done.done():
+            if not self._read_once():
                 return
-            try:
-                data = os.read(self._out_fd, READ_SIZE)
-            except OSError:
-                return
-            if not data:
-                return
-            self._fanout.publish(data)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)

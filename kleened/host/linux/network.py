@@ -95,9 +95,12 @@ class LinuxNetwork:
             raise NetworkHostError(f"{' '.join(argv)}: {cmd.failure_message(result)}")
         return result.out
 
-    def _sysctl(self, path: Path, value: str = "1") -> None:
+    def _proc(self, path: Path) -> Path:
         # iproute builds paths under /proc/sys; tests may point proc_sys elsewhere.
-        path = self.proc_sys / path.relative_to(iproute.PROC_SYS)
+        return self.proc_sys / path.relative_to(iproute.PROC_SYS)
+
+    def _sysctl(self, path: Path, value: str = "1") -> None:
+        path = self._proc(path)
         try:
             path.write_text(value)
         except FileNotFoundError:
@@ -120,9 +123,8 @@ class LinuxNetwork:
         uplink = await self.host_gateway()
         if uplink is None:
             return []
-        path = self.proc_sys / iproute.ipv4_forwarding_path(uplink).relative_to(iproute.PROC_SYS)
         try:
-            enabled = path.read_text().strip() == "1"
+            enabled = self._proc(iproute.ipv4_forwarding_path(uplink)).read_text().strip() == "1"
         except OSError:
             return []
         if enabled:
